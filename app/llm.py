@@ -39,7 +39,10 @@ async def ask_structured(
             convo, config={"tags": [f"agent:{agent}", "structured"]}
         )
         raw = out.get("raw")
-        usage = add_usage(usage, usage_from_message(agent, raw if isinstance(raw, AIMessage) else None, default_model))
+        usage = add_usage(
+            usage,
+            usage_from_message(agent, raw if isinstance(raw, AIMessage) else None, default_model),
+        )
         parsed = out.get("parsed")
         if isinstance(parsed, schema):
             return parsed, usage
@@ -51,7 +54,9 @@ async def ask_structured(
                 f"Call the {schema.__name__} tool again with valid arguments."
             ),
         ]
-    raise ModelOutputError(f"{agent}: no valid {schema.__name__} from the model: {str(error)[:300]}")
+    raise ModelOutputError(
+        f"{agent}: no valid {schema.__name__} from the model: {str(error)[:300]}"
+    )
 
 
 async def ask_text(

@@ -24,7 +24,8 @@ def cost_usd(model: str, input_tokens: int, output_tokens: int) -> float:
     if price is None:
         return 0.0
     return round(
-        input_tokens / 1e6 * price.get("input", 0.0) + output_tokens / 1e6 * price.get("output", 0.0),
+        input_tokens / 1e6 * price.get("input", 0.0)
+        + output_tokens / 1e6 * price.get("output", 0.0),
         8,
     )
 
@@ -39,7 +40,9 @@ def model_name_of(message: AIMessage, default: str) -> str:
     return str(name)
 
 
-def usage_from_message(agent: str, message: AIMessage | None, default_model: str) -> dict[str, AgentUsage]:
+def usage_from_message(
+    agent: str, message: AIMessage | None, default_model: str
+) -> dict[str, AgentUsage]:
     """One model call's usage as a `usage` channel update ({agent: AgentUsage})."""
     if message is None:
         return {}

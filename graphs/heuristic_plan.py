@@ -32,7 +32,7 @@ _RESEARCH = (
 )
 _PUBLISH = (r"\bpublish\w*", r"\bschedul\w*", r"\bgo live\b", r"\bpost (them|it|these)\b")
 _CAMPAIGN = (r"\bcampaign\b", r"\blaunch\b")
-_SOCIAL = (r"\bsocial\b", r"\bposts?\b")
+_SOCIAL = (r"\bsocial\b", r"(?<!blog )\bposts?\b")
 _REVISE = (
     r"\bshorter\b",
     r"\blonger\b",
@@ -78,18 +78,22 @@ def mentioned_platforms(text: str) -> list[str]:
     return [p for p, pats in _PLATFORM_WORDS.items() if _has(low, pats)]
 
 
+_TOPIC_END = r"(?=\s*(?:[,.;:!?]|\band\b|\bon\b|\bfor\b|\bto\b|\bschedul|\bpublish|\bwith\b|\bin\b|\babout\b|$))"
+_TOPIC_PATTERNS = (
+    # "for our TerraRun shoe" names the product; "about carbon plates" names a subject
+    r"\bfor\s+(?:our|my)\s+([A-Za-z0-9][\w\-' ]{1,60}?)" + _TOPIC_END,
+    r"\b(?:for|about|on|promoting|announcing|launching)\s+(?:our|the|my|a|an)?\s*"
+    r"([A-Za-z0-9][\w\-' ]{1,60}?)" + _TOPIC_END,
+)
+
+
 def extract_topic(text: str) -> str:
     """The product or subject: 'for our TerraRun shoe' -> 'TerraRun shoe'."""
-    m = re.search(
-        r"\b(?:for|about|on|promoting|announcing|launching)\s+(?:our|the|my|a|an)?\s*"
-        r"([A-Za-z0-9][\w\-' ]{1,60}?)(?=\s*(?:[,.;:!?]|\band\b|\bon\b|\bfor\b|\bto\b|"
-        r"\bschedul|\bpublish|\bwith\b|\bin\b|$))",
-        text,
-    )
-    if m:
-        topic = m.group(1).strip()
-        if topic.lower() not in _VAGUE_TOPIC and not mentioned_platforms(topic):
-            return topic
+    for pattern in _TOPIC_PATTERNS:
+        for m in re.finditer(pattern, text):
+            topic = m.group(1).strip()
+            if topic.lower() not in _VAGUE_TOPIC and not mentioned_platforms(topic):
+                return topic
     caps = re.findall(r"\b[A-Z][a-z]+[A-Z][A-Za-z]+\b", text)  # CamelCase product names
     return caps[0] if caps else ""
 

@@ -52,6 +52,12 @@ def parse_when(value: str, tz: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(tz))
 
 
+def pending_platform(request: dict[str, Any]) -> str | None:
+    """The platform of a pending approval request (None for long-form items)."""
+    action = request["action_request"]
+    return str(action["args"]["channel"]) if action["action"] == "publish_post" else None
+
+
 def approval_request(item: Artifact, publish_at: str | None, error: str | None) -> dict[str, Any]:
     where = channel(item)
     when = publish_at or "as soon as approved"
@@ -88,14 +94,14 @@ def approval_request(item: Artifact, publish_at: str | None, error: str | None) 
     return req.model_dump()
 
 
-def check_edit(edit: EditResponse, item: Artifact, tz: str) -> None:
+def check_edit(edit: EditResponse, platform: str | None, tz: str) -> None:
+    """An edit must still fit its platform and carry a readable time."""
     body = edit.args["body"]
-    if item["platform"]:
-        result = check_post(body, item["platform"])
+    if platform:
+        result = check_post(body, platform)
         if not result.ok:
             raise InvalidResumeError(
-                f"edited {item['platform']} post breaks the platform rules: "
-                + "; ".join(result.problems)
+                f"edited {platform} post breaks the platform rules: " + "; ".join(result.problems)
             )
     if edit.args.get("scheduled_at"):
         parse_when(str(edit.args["scheduled_at"]), tz)
@@ -112,7 +118,7 @@ def approve(state: PublishingState, runtime: Runtime[MarketingContext]) -> dict[
             try:
                 response = parse_human_response(raw)
                 if isinstance(response, EditResponse):
-                    check_edit(response, item, ctx.timezone)
+                    check_edit(response, item["platform"], ctx.timezone)
                 break
             except InvalidResumeError as exc:
                 error = str(exc)

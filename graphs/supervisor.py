@@ -371,13 +371,13 @@ async def answer(state: SupervisorState, runtime: Runtime[MarketingContext]) -> 
     reply, usage = await ask_text(
         "supervisor", prompt, overrides=ctx.model_overrides, tags=["final_answer"]
     )
-    details = ["", "**Produced:** " + ("; ".join(produced) or "nothing")]
-    details.append("**Scheduled:** " + ("; ".join(scheduled) or "nothing"))
+    details = ["", "- **Produced:** " + ("; ".join(produced) or "nothing")]
+    details.append("- **Scheduled:** " + ("; ".join(scheduled) or "nothing"))
     if problems:
-        details.append("**Problems:** " + "; ".join(problems))
+        details.append("- **Problems:** " + "; ".join(problems))
     notes = plan_.get("notes") or []
     if notes:
-        details.append("**Notes:** " + "; ".join(notes))
+        details.append("- **Notes:** " + "; ".join(notes))
     text = str(reply.content).strip() + "\n" + "\n".join(details)
     return {"messages": [AIMessage(text, name="supervisor")], "usage": usage}
 

@@ -1,0 +1,39 @@
+"""Process start-up shared by the CLI and the server: settings, model factory, storage, runner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.models import ModelFactory, set_model_factory
+from app.runner import Runner
+from app.settings import Settings, get_settings, reset_settings_cache
+from app.storage import open_storage, set_active_db
+
+
+def apply_provider_override(provider: str | None) -> Settings:
+    """`--provider` wins over MODEL_PROVIDER for this process."""
+    if provider:
+        os.environ["MODEL_PROVIDER"] = provider
+        reset_settings_cache()
+    return get_settings()
+
+
+@asynccontextmanager
+async def open_runner(
+    settings: Settings | None = None, *, migrate: bool = False
+) -> AsyncIterator[Runner]:
+    s = settings or get_settings()
+    factory = ModelFactory(s)
+    previous = set_model_factory(factory)
+    try:
+        async with open_storage(s, migrate=migrate) as storage:
+            runner = Runner(storage, factory)
+            try:
+                yield runner
+            finally:
+                set_active_db(None)
+    finally:
+        factory.close()
+        set_model_factory(previous)

@@ -1,0 +1,446 @@
+"""`mkt` — the command line: chat with the marketing team, list threads and the outbox, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.table import Table
+
+from app.bootstrap import apply_provider_override, open_runner
+from app.db import StorageNotMigratedError, utcnow
+from app.errors import AppError
+from app.models import ModelConfigError
+from app.runner import Runner
+
+app = typer.Typer(
+    help="Hierarchical marketing agents: a supervisor plans and delegates to research, content, "
+    "social and publishing sub-agents; nothing is published without your approval.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--provider",
+        help="Model provider for this run: openai | local | scripted | auto (overrides MODEL_PROVIDER).",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (AppError, ModelConfigError, StorageNotMigratedError) as exc:
+        _fail(str(exc))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# chat
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_context(
+    brand: str | None,
+    voice: str | None,
+    audience: str | None,
+    platforms: list[str] | None,
+    banned: list[str] | None,
+    keywords: list[str] | None,
+    timezone: str | None,
+    context_file: Path | None,
+) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
+    if context_file is not None:
+        try:
+            loaded = json.loads(context_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(f"cannot read context file {context_file}: {exc}")
+        if not isinstance(loaded, dict):
+            _fail(f"context file {context_file} must hold a JSON object")
+        ctx.update(loaded)
+    for key, value in (
+        ("brand_name", brand),
+        ("brand_voice", voice),
+        ("audience", audience),
+        ("platforms", platforms),
+        ("banned_terms", banned),
+        ("keywords", keywords),
+        ("timezone", timezone),
+    ):
+        if value:
+            ctx[key] = value
+    return ctx
+
+
+class ChatView:
+    """Renders runner events for people (Rich) or machines (--json lines)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.streaming = False
+        self.announced: set[str] = set()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(event, default=str), flush=True)
+            return
+        kind = event["type"]
+        if kind == "plan":
+            if event["action"] == "execute":
+                steps = ", ".join(
+                    f"{s['id']}({s['agent']}"
+                    + (f" after {'+'.join(s['depends_on'])}" if s["depends_on"] else "")
+                    + ")"
+                    for s in event["steps"]
+                )
+                console.print(
+                    f"[bold]plan[/] {steps}"
+                    + (f" · publish at {event['publish_at']}" if event.get("publish_at") else "")
+                )
+            for note in event.get("notes") or []:
+                console.print(f"[yellow]note[/] {note}")
+        elif kind == "agent_start":
+            if event["step"] in self.announced:  # a node re-entered after an approval
+                return
+            self.announced.add(event["step"])
+            console.print(
+                f"[cyan]▶ {event['agent']}[/] [dim]{event['step']}[/] {event['task'][:100]}"
+            )
+        elif kind == "agent_done":
+            mark = {"done": "[green]✓", "failed": "[red]✗", "needs_revision": "[yellow]↻"}[
+                event["status"]
+            ]
+            console.print(f"{mark} {event['agent']}[/] [dim]{event['step']}[/] {event['summary']}")
+        elif kind == "resumed":
+            console.print(
+                f"[yellow]resuming[/] thread {event['thread_id']} from its last checkpoint (next: {', '.join(event['next'])})"
+            )
+        elif kind == "token":
+            if not self.streaming:
+                console.print("[bold]answer[/] ", end="")
+                self.streaming = True
+            console.print(event["text"], end="", soft_wrap=True)
+        elif kind == "final":
+            if self.streaming:
+                console.print()
+                self.streaming = False
+            details = event["text"].split("\n", 1)[1] if "\n" in event["text"] else ""
+            if details.strip():
+                console.print(Markdown(details.strip()))
+        elif kind == "usage" and event["usage"]:
+            total_in = sum(u["input_tokens"] for u in event["usage"].values())
+            total_out = sum(u["output_tokens"] for u in event["usage"].values())
+            cost = sum(u["cost_usd"] for u in event["usage"].values())
+            per = ", ".join(
+                f"{a} {u['input_tokens'] + u['output_tokens']}" for a, u in event["usage"].items()
+            )
+            console.print(f"[dim]tokens in {total_in} / out {total_out} (${cost:.4f}) — {per}[/]")
+
+
+def _ask_approval(request: dict[str, Any]) -> dict[str, Any]:
+    args = request["action_request"]["args"]
+    console.print(
+        Panel(
+            Markdown(request["description"]),
+            title=f"approval: {args['artifact_id']} → {args['channel']}",
+        )
+    )
+    while True:
+        choice = (
+            typer.prompt("[a]ccept / [e]dit / [r]espond with feedback / [i]gnore", default="a")
+            .strip()
+            .lower()
+        )
+        if choice in ("a", "accept"):
+            return {"type": "accept"}
+        if choice in ("i", "ignore"):
+            return {"type": "ignore"}
+        if choice in ("r", "respond"):
+            feedback = typer.prompt("feedback for the writer").strip()
+            if feedback:
+                return {"type": "respond", "args": feedback}
+        if choice in ("e", "edit"):
+            edited = typer.edit(args["body"]) if sys.stdin.isatty() else None
+            if edited is None:
+                edited = typer.prompt("new text (one line)")
+            if edited.strip():
+                return {"type": "edit", "args": {**args, "body": edited.strip()}}
+        console.print("[yellow]please answer a, e, r or i[/]")
+
+
+async def _chat(
+    runner: Runner,
+    request: str | None,
+    thread_id: str | None,
+    ctx: dict[str, Any],
+    auto_approve: bool,
+    resume_value: Any,
+    view: ChatView,
+) -> str:
+    info = runner.factory.info()
+    if not view.as_json:
+        console.print(f"[dim]model: {info.describe()} · storage: {runner.storage.description}[/]")
+    else:
+        view.emit(
+            {
+                "type": "info",
+                "provider": info.provider,
+                "model": info.model,
+                "storage": runner.storage.description,
+            }
+        )
+    events = None
+    if thread_id:
+        current = await runner.view(thread_id)
+        if resume_value is not None:
+            events = runner.resume(thread_id, resume_value, ctx)
+        elif current.status == "unfinished":
+            async for event in runner.continue_unfinished(thread_id, ctx):
+                view.emit(event)
+            current = await runner.view(thread_id)
+            if request and request.strip() == current.last_request:
+                request = None  # the crashed run was this very request: it is done now
+        elif current.status == "idle" and request and request.strip() == current.last_request:
+            view.emit({"type": "final", "text": str(current.values["messages"][-1].content)})
+            if not view.as_json:
+                console.print(f"[yellow]thread {thread_id} already answered this request[/]")
+            request = None
+        if events is None and request and current.status != "interrupted":
+            events = runner.send(thread_id, request, ctx)
+    else:
+        if not request:
+            _fail("give a request, or --thread ID to continue a thread")
+        events = runner.send(None, request or "", ctx)
+    while True:
+        pending = None
+        if events is not None:
+            async for event in events:
+                if event["type"] == "run":
+                    thread_id = event["thread_id"]
+                if event["type"] == "approval":
+                    pending = event
+                view.emit(event)
+        if thread_id is None:
+            return ""
+        state = await runner.view(thread_id)
+        if state.status != "interrupted":
+            return thread_id
+        request_value = state.interrupts[0]["value"][0]
+        if pending is None:
+            view.emit(
+                {
+                    "type": "approval",
+                    "interrupt_id": state.interrupts[0]["id"],
+                    "request": request_value,
+                }
+            )
+        if auto_approve:
+            answer: Any = {"type": "accept"}
+            if not view.as_json:
+                console.print(
+                    f"[green]auto-approved[/] {request_value['action_request']['args']['artifact_id']}"
+                )
+        elif view.as_json or not sys.stdin.isatty():
+            if not view.as_json:
+                console.print(
+                    f"approval pending: answer with mkt chat --thread {thread_id} (or --resume JSON, --auto-approve)"
+                )
+            return thread_id
+        else:
+            answer = _ask_approval(request_value)
+        events = runner.resume(thread_id, answer, ctx)
+
+
+@app.command()
+def chat(
+    request: Annotated[
+        str | None, typer.Argument(help="What the team should do. Omit with --thread to continue.")
+    ] = None,
+    thread: Annotated[
+        str | None,
+        typer.Option(
+            "--thread", "-t", help="Continue this thread (also resumes after Ctrl-C or a crash)."
+        ),
+    ] = None,
+    auto_approve: Annotated[
+        bool,
+        typer.Option(
+            "--auto-approve", help="Accept every approval request (for scripts and demos)."
+        ),
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume", help='Answer the pending approval with JSON, e.g. \'{"type": "accept"}\'.'
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON events, one per line.")
+    ] = False,
+    provider: ProviderOpt = None,
+    brand: Annotated[str | None, typer.Option(help="Brand name.")] = None,
+    voice: Annotated[str | None, typer.Option(help="Brand voice.")] = None,
+    audience: Annotated[str | None, typer.Option(help="Target audience.")] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--platform", "-p", help="Allowed platform (repeat): x, linkedin, instagram, facebook."
+        ),
+    ] = None,
+    banned: Annotated[
+        list[str] | None, typer.Option("--banned", help="Banned term (repeat).")
+    ] = None,
+    keyword: Annotated[
+        list[str] | None, typer.Option("--keyword", help="Keyword the copy should cover (repeat).")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA time zone for times like 'Tuesday 9am'.")
+    ] = None,
+    context_file: Annotated[
+        Path | None,
+        typer.Option("--context", help="JSON file with run context (brand_name, platforms, ...)."),
+    ] = None,
+) -> None:
+    """Send a request to the marketing team and follow it live.
+
+    Examples:\n
+      mkt chat "Write a launch blog post and LinkedIn + X posts for our TerraRun shoe, publish Tuesday 9am"\n
+      mkt chat --thread <ID> "make the X post shorter"\n
+      mkt chat --thread <ID>            # continue after Ctrl-C / a crash, or answer a pending approval
+    """
+    settings = apply_provider_override(provider)
+    ctx = _build_context(brand, voice, audience, platform, banned, keyword, timezone, context_file)
+    resume_value = None
+    if resume is not None:
+        try:
+            resume_value = json.loads(resume)
+        except json.JSONDecodeError as exc:
+            _fail(f"--resume is not valid JSON: {exc}")
+    view = ChatView(as_json)
+
+    async def main() -> str:
+        async with open_runner(settings) as runner:
+            if (
+                settings.model_provider != "scripted"
+                and runner.factory.provider == "local"
+                and not as_json
+            ):
+                with console.status("starting the local model (llama.cpp, SmolLM2-135M)…"):
+                    runner.factory.ensure_ready()
+            else:
+                runner.factory.ensure_ready()
+            return await _chat(runner, request, thread, ctx, auto_approve, resume_value, view)
+
+    try:
+        thread_id = _run(main())
+    except KeyboardInterrupt:
+        err.print(
+            "\n[yellow]stopped.[/] The last checkpoint is saved: run `mkt chat --thread <ID>` to continue."
+        )
+        raise typer.Exit(130) from None
+    if thread_id and not as_json:
+        console.print(f"[bold]thread[/] {thread_id}")
+
+
+# ---------------------------------------------------------------------------------------------
+# threads, outbox, db
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def threads(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List threads with their status (idle, busy, interrupted, error)."""
+
+    async def main() -> list[dict[str, Any]]:
+        async with open_runner() as runner:
+            return await runner.storage.db.list_threads(limit)
+
+    rows = _run(main()) or []
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("thread", "status", "updated", "title")
+    for r in rows:
+        table.add_row(r["thread_id"], r["status"], r["updated_at"], r["title"][:60])
+    console.print(table)
+
+
+@app.command()
+def outbox(
+    thread: Annotated[str | None, typer.Option("--thread", help="Only this thread.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="scheduled | publishing | published | superseded")
+    ] = None,
+    publish_due: Annotated[
+        bool, typer.Option("--publish-due", help="Publish (dry-run) every item that is due now.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List scheduled and published items; --publish-due runs the dry-run publisher."""
+    from tools.publishers import DryRunPublisher
+
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with open_runner() as runner:
+            published: list[dict[str, Any]] = []
+            if publish_due:
+                published = await DryRunPublisher(runner.storage.db).publish_due(utcnow())
+            rows = await runner.storage.db.list_outbox(thread_id=thread, status=status)
+            return rows, published
+
+    rows, published = _run(main()) or ([], [])
+    if as_json:
+        print(json.dumps({"items": rows, "published_now": published}))
+        return
+    if publish_due:
+        console.print(f"published {len(published)} due item(s) (dry run)")
+    table = Table("id", "thread", "channel", "artifact", "scheduled (UTC)", "status")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["thread_id"][:8],
+            r["platform"],
+            f"{r['artifact_id']} v{r['version']}",
+            r["scheduled_at"],
+            r["status"],
+        )
+    console.print(table)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create or upgrade the checkpoint and app tables (needed once for Postgres)."""
+    from app.storage import migrate
+
+    where = _run(migrate())
+    console.print(f"migrated {where}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Runs the supervisor on a thread: validates input at the boundary, streams normalised events,
+records threads and runs, and continues unfinished threads from their last checkpoint.
+
+Used by the CLI (and by the HTTP server). Validation happens before anything touches the graph, so
+bad input leaves the thread's state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from langgraph.types import Command
+from pydantic import ValidationError
+
+from app.errors import (
+    EmptyRequestError,
+    InvalidContextError,
+    NotInterruptedError,
+    ResumeValueError,
+    ThreadNotFoundError,
+)
+from app.models import ModelFactory
+from app.storage import Storage, set_active_db
+from graphs.context import MarketingContext
+from graphs.publishing import check_edit, pending_platform
+from graphs.schemas import EditResponse, InvalidResumeError, parse_human_response
+from graphs.supervisor import AGENT_NODES, builder
+
+RECURSION_LIMIT = 250
+MAX_REQUEST_CHARS = 20_000
+
+
+def parse_context(values: dict[str, Any] | None) -> MarketingContext:
+    try:
+        return MarketingContext(**(values or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'context'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidContextError(f"invalid run context: {problems}") from exc
+
+
+@dataclass
+class ThreadView:
+    thread_id: str
+    exists: bool
+    status: str  # idle | interrupted | unfinished | new
+    next: tuple[str, ...] = ()
+    interrupts: list[dict[str, Any]] = field(default_factory=list)  # [{"id", "value"}]
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_request(self) -> str:
+        humans = [m for m in self.values.get("messages", []) if isinstance(m, HumanMessage)]
+        return str(humans[-1].content).strip() if humans else ""
+
+
+class Runner:
+    def __init__(self, storage: Storage, factory: ModelFactory) -> None:
+        self.storage = storage
+        self.factory = factory
+        self.graph = builder.compile(checkpointer=storage.checkpointer, name="supervisor")
+        set_active_db(storage.db)
+
+    @staticmethod
+    def config(thread_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
+
+    async def view(self, thread_id: str) -> ThreadView:
+        snap = await self.graph.aget_state(self.config(thread_id))  # type: ignore[arg-type]
+        if not snap.values and not snap.next:
+            return ThreadView(thread_id, exists=False, status="new")
+        interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]
+        status = "interrupted" if interrupts else ("unfinished" if snap.next else "idle")
+        return ThreadView(thread_id, True, status, tuple(snap.next), interrupts, dict(snap.values))
+
+    async def context_for(
+        self, thread_id: str, overrides: dict[str, Any] | None
+    ) -> MarketingContext:
+        """The thread's saved context with `overrides` applied (validated)."""
+        row = await self.storage.db.get_thread(thread_id)
+        saved = row["context"] if row else {}
+        return parse_context({**saved, **(overrides or {})})
+
+    # --- entry points -----------------------------------------------------------------------------
+    async def send(
+        self, thread_id: str | None, request: str, context: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A new user turn (a new thread when `thread_id` is None)."""
+        text = (request or "").strip()
+        if not text:
+            raise EmptyRequestError()
+        if len(text) > MAX_REQUEST_CHARS:
+            raise InvalidContextError(f"the request is longer than {MAX_REQUEST_CHARS} characters")
+        thread_id = thread_id or str(uuid.uuid4())
+        ctx = await self.context_for(thread_id, context)
+        view = await self.view(thread_id)
+        if view.status == "interrupted":
+            raise ResumeValueError(
+                f"thread {thread_id} is waiting for an approval: answer it first "
+                f"(mkt chat --thread {thread_id})"
+            )
+        await self.storage.db.touch_thread(
+            thread_id, title=text[:120], status="busy", context=ctx.model_dump()
+        )
+        payload = {"messages": [{"role": "user", "content": text}]}
+        async for event in self._run(thread_id, payload, ctx):
+            yield event
+
+    async def resume(
+        self, thread_id: str, value: Any, context: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Answer the pending approval (accept / edit / respond / ignore, or a list of one)."""
+        view = await self.view(thread_id)
+        if not view.exists:
+            raise ThreadNotFoundError(thread_id)
+        if view.status != "interrupted":
+            raise NotInterruptedError(thread_id)
+        ctx = await self.context_for(thread_id, context)
+        self.validate_resume(value, view.interrupts[0]["value"], ctx)
+        await self.storage.db.touch_thread(thread_id, status="busy")
+        async for event in self._run(thread_id, Command(resume=value), ctx):
+            yield event
+
+    async def continue_unfinished(
+        self, thread_id: str, context: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Continue a run that stopped mid-way (crash, kill -9, Ctrl-C) from its last checkpoint."""
+        view = await self.view(thread_id)
+        if view.status != "unfinished":
+            return
+        ctx = await self.context_for(thread_id, context)
+        yield {"type": "resumed", "thread_id": thread_id, "next": list(view.next)}
+        async for event in self._run(thread_id, None, ctx):
+            yield event
+
+    @staticmethod
+    def validate_resume(value: Any, pending: Any, ctx: MarketingContext) -> None:
+        try:
+            response = parse_human_response(value)
+            if isinstance(response, EditResponse):
+                check_edit(response, pending_platform(pending[0]), ctx.timezone)
+        except InvalidResumeError as exc:
+            raise ResumeValueError(str(exc)) from exc
+
+    # --- the run loop -------------------------------------------------------------------------------
+    async def _run(
+        self, thread_id: str, payload: Any, ctx: MarketingContext
+    ) -> AsyncIterator[dict[str, Any]]:
+        run_id = str(uuid.uuid4())
+        await self.storage.db.start_run(run_id, thread_id, self.factory.info().describe())
+        before = (await self.view(thread_id)).values.get("usage") or {}
+        yield {"type": "run", "run_id": run_id, "thread_id": thread_id}
+        status = "error"
+        error: str | None = None
+        try:
+            async for event in self._stream(thread_id, payload, ctx):
+                yield event
+            view = await self.view(thread_id)
+            status = "interrupted" if view.status == "interrupted" else "success"
+            for intr in view.interrupts[:1]:
+                yield {"type": "approval", "interrupt_id": intr["id"], "request": intr["value"][0]}
+            if status == "success":
+                messages = view.values.get("messages") or []
+                yield {"type": "final", "text": str(messages[-1].content) if messages else ""}
+        except BaseException as exc:  # recorded and re-raised, never swallowed
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            raise
+        finally:
+            after = (await self.view(thread_id)).values.get("usage") or {}
+            usage = _usage_delta(before, after)
+            await self.storage.db.finish_run(run_id, status, usage, error)
+            await self.storage.db.touch_thread(
+                thread_id,
+                status={"success": "idle", "interrupted": "interrupted"}.get(status, "error"),
+            )
+        yield {"type": "usage", "usage": usage}
+
+    async def _stream(
+        self, thread_id: str, payload: Any, ctx: MarketingContext
+    ) -> AsyncIterator[dict[str, Any]]:
+        async for ns, mode, chunk in self.graph.astream(
+            payload,
+            self.config(thread_id),  # type: ignore[arg-type]
+            context=ctx,
+            stream_mode=["tasks", "messages"],
+            subgraphs=True,
+            durability="sync",
+        ):
+            if ns:
+                continue
+            if mode == "tasks" and chunk.get("name") in AGENT_NODES:
+                if "input" in chunk:
+                    inp = chunk["input"]
+                    yield {
+                        "type": "agent_start",
+                        "agent": chunk["name"],
+                        "step": inp.get("step_id"),
+                        "task": inp.get("task", ""),
+                    }
+                elif not chunk.get("interrupts") and chunk.get("error") is None:
+                    for res in (chunk.get("result") or {}).get("results", {}).values():
+                        yield {
+                            "type": "agent_done",
+                            "agent": chunk["name"],
+                            "step": res["step_id"],
+                            "status": res["status"],
+                            "summary": res["summary"],
+                        }
+            elif mode == "tasks" and chunk.get("name") == "plan" and "result" in chunk:
+                plan = (chunk.get("result") or {}).get("plan") or {}
+                yield {
+                    "type": "plan",
+                    "action": plan.get("action"),
+                    "steps": [
+                        {"id": s["id"], "agent": s["agent"], "depends_on": s["depends_on"]}
+                        for s in plan.get("steps") or []
+                    ],
+                    "publish_at": plan.get("publish_at_iso"),
+                    "notes": plan.get("notes") or [],
+                }
+            elif mode == "messages":
+                message, meta = chunk
+                if (
+                    meta.get("langgraph_node") == "answer"
+                    and isinstance(message, AIMessageChunk)
+                    and message.content
+                ):
+                    yield {"type": "token", "text": str(message.content)}
+
+
+def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    for agent, u in after.items():
+        b = before.get(agent) or {
+            "calls": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cost_usd": 0.0,
+        }
+        d = {
+            "calls": u["calls"] - b["calls"],
+            "input_tokens": u["input_tokens"] - b["input_tokens"],
+            "output_tokens": u["output_tokens"] - b["output_tokens"],
+            "cost_usd": round(u["cost_usd"] - b["cost_usd"], 8),
+            "models": u["models"],
+        }
+        if d["calls"]:
+            delta[agent] = d
+    return delta
