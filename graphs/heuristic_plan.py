@@ -54,7 +54,7 @@ _MARKETING = (
     *_PUBLISH,
     *_CAMPAIGN,
     *_SOCIAL,
-    *_REVISE,
+    r"\bmake (it|this|them)\b",
     r"\bmarketing\b",
     r"\bcopy\b",
     r"\bcontent\b",
@@ -135,7 +135,8 @@ def heuristic_plan(
     topic = extract_topic(text)
     when = publish_phrase(text) if wants_publish else None
 
-    if not _has(low, _MARKETING) and not platforms and not kinds:
+    about_marketing = _has(low, _MARKETING) or (bool(artifacts) and _has(low, _REVISE))
+    if not about_marketing and not platforms and not kinds:
         return Plan(
             action="decline",
             reasoning="The request is not about marketing research, copy, social posts or publishing.",

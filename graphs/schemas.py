@@ -6,7 +6,7 @@ import re
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from graphs.state import AgentName
 
@@ -136,13 +136,16 @@ class IgnoreResponse(BaseModel):
 class EditResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["edit"]
-    args: dict[str, Any] = Field(
+    args: dict[str, Any] | None = Field(
+        None,
         description="The edited item: at least 'body' (text), optionally 'title', 'hashtags', "
         "'scheduled_at'; or an agent-inbox ActionRequest {'action', 'args': {...}}."
     )
 
     @model_validator(mode="after")
     def _has_body(self) -> EditResponse:
+        if self.args is None:
+            raise ValueError("'edit' needs args: the edited item with at least a 'body'")
         item = self.args.get("args") if isinstance(self.args.get("args"), dict) else self.args
         body = item.get("body") if isinstance(item, dict) else None
         if not isinstance(body, str) or not body.strip():
@@ -158,7 +161,12 @@ class RespondResponse(BaseModel):
 
 
 HumanResponse = AcceptResponse | EditResponse | RespondResponse | IgnoreResponse
-_RESPONSE = TypeAdapter(HumanResponse)
+_RESPONSES: dict[str, type[BaseModel]] = {
+    "accept": AcceptResponse,
+    "edit": EditResponse,
+    "respond": RespondResponse,
+    "ignore": IgnoreResponse,
+}
 
 
 class InvalidResumeError(ValueError):
@@ -179,15 +187,16 @@ def parse_human_response(value: Any) -> HumanResponse:
             '{"type": "respond", "args": "feedback"} or {"type": "ignore"}; '
             f"got {type(value).__name__}"
         )
-    if value.get("type") not in ("accept", "edit", "respond", "ignore"):
+    model = _RESPONSES.get(str(value.get("type")))
+    if model is None:
         raise InvalidResumeError(
             f"unknown response type {value.get('type')!r}; use accept, edit, respond or ignore"
         )
     try:
-        return _RESPONSE.validate_python(value)
+        return model.model_validate(value)  # type: ignore[return-value]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'value'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
             for err in exc.errors()
         )
         raise InvalidResumeError(f"invalid {value['type']!r} response: {problems}") from exc
