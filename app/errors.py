@@ -36,6 +36,16 @@ class NotInterruptedError(AppError):
         )
 
 
+class PendingApprovalError(AppError):
+    status = 409
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id} is waiting for an approval: answer it first "
+            f"(mkt chat --thread {thread_id})"
+        )
+
+
 class ResumeValueError(AppError):
     status = 422
 
@@ -46,6 +56,7 @@ __all__ = [
     "InvalidContextError",
     "InvalidResumeError",
     "NotInterruptedError",
+    "PendingApprovalError",
     "ResumeValueError",
     "ThreadNotFoundError",
 ]

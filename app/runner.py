@@ -20,6 +20,7 @@ from app.errors import (
     EmptyRequestError,
     InvalidContextError,
     NotInterruptedError,
+    PendingApprovalError,
     ResumeValueError,
     ThreadNotFoundError,
 )
@@ -100,10 +101,7 @@ class Runner:
         ctx = await self.context_for(thread_id, context)
         view = await self.view(thread_id)
         if view.status == "interrupted":
-            raise ResumeValueError(
-                f"thread {thread_id} is waiting for an approval: answer it first "
-                f"(mkt chat --thread {thread_id})"
-            )
+            raise PendingApprovalError(thread_id)
         await self.storage.db.touch_thread(
             thread_id, title=text[:120], status="busy", context=ctx.model_dump()
         )
