@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
@@ -180,7 +181,7 @@ def _ask_approval(request: dict[str, Any]) -> dict[str, Any]:
             if feedback:
                 return {"type": "respond", "args": feedback}
         if choice in ("e", "edit"):
-            edited = typer.edit(args["body"]) if sys.stdin.isatty() else None
+            edited = click.edit(args["body"]) if sys.stdin.isatty() else None
             if edited is None:
                 edited = typer.prompt("new text (one line)")
             if edited.strip():

@@ -133,7 +133,7 @@ class ModelFactory:
             return ChatOpenAI(
                 model=name,
                 base_url=self._local_base_url(),
-                api_key="local",  # type: ignore[arg-type]
+                api_key="local",
                 temperature=s.model_temperature,
                 timeout=s.model_timeout_s,
                 max_retries=s.model_max_retries,
@@ -143,7 +143,7 @@ class ModelFactory:
         return ChatOpenAI(
             model=name,
             base_url=s.openai_base_url,
-            api_key=s.openai_api_key or "not-needed",  # type: ignore[arg-type]
+            api_key=s.openai_api_key or "not-needed",
             temperature=s.model_temperature,
             timeout=s.model_timeout_s,
             max_retries=s.model_max_retries,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import AIMessageChunk, HumanMessage
-from langgraph.types import Command
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command, StreamMode
 from pydantic import ValidationError
 
 from app.errors import (
@@ -32,6 +33,7 @@ from graphs.schemas import EditResponse, InvalidResumeError, parse_human_respons
 from graphs.supervisor import AGENT_NODES, builder
 
 RECURSION_LIMIT = 250
+STREAM_MODES: list[StreamMode] = ["tasks", "messages"]
 MAX_REQUEST_CHARS = 20_000
 
 
@@ -68,11 +70,11 @@ class Runner:
         set_active_db(storage.db)
 
     @staticmethod
-    def config(thread_id: str) -> dict[str, Any]:
+    def config(thread_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
 
     async def view(self, thread_id: str) -> ThreadView:
-        snap = await self.graph.aget_state(self.config(thread_id))  # type: ignore[arg-type]
+        snap = await self.graph.aget_state(self.config(thread_id))
         if not snap.values and not snap.next:
             return ThreadView(thread_id, exists=False, status="new")
         interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]
@@ -181,14 +183,16 @@ class Runner:
     async def _stream(
         self, thread_id: str, payload: Any, ctx: MarketingContext
     ) -> AsyncIterator[dict[str, Any]]:
-        async for ns, mode, chunk in self.graph.astream(
+        stream = self.graph.astream(
             payload,
-            self.config(thread_id),  # type: ignore[arg-type]
+            self.config(thread_id),
             context=ctx,
-            stream_mode=["tasks", "messages"],
+            stream_mode=STREAM_MODES,
             subgraphs=True,
             durability="sync",
-        ):
+        )
+        async for part in stream:
+            ns, mode, chunk = cast(tuple[tuple[str, ...], str, Any], part)
             if ns:
                 continue
             if mode == "tasks" and chunk.get("name") in AGENT_NODES:

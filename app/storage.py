@@ -60,10 +60,10 @@ async def open_storage(
         path = s.sqlite_path
         db, conn = await open_sqlite_db(path)
         try:
-            async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-                await saver.setup()
+            async with AsyncSqliteSaver.from_conn_string(str(path)) as sqlite_saver:
+                await sqlite_saver.setup()
                 await db.migrate()
-                yield Storage(saver, db, f"sqlite {path}")
+                yield Storage(sqlite_saver, db, f"sqlite {path}")
         finally:
             await conn.close()
         return
@@ -71,10 +71,10 @@ async def open_storage(
     pool = make_pool(dsn, s.db_pool_max_size)
     await pool.open(wait=True, timeout=15)
     try:
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        saver: BaseCheckpointSaver[Any] = AsyncPostgresSaver(pool)
         db = postgres_db(pool)
         if migrate:
-            await saver.setup()
+            await saver.setup()  # type: ignore[attr-defined]
             await db.migrate()
         elif not await db.is_migrated():
             raise StorageNotMigratedError(redact_dsn(dsn))

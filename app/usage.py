@@ -46,7 +46,7 @@ def usage_from_message(
     """One model call's usage as a `usage` channel update ({agent: AgentUsage})."""
     if message is None:
         return {}
-    um = message.usage_metadata or {}
+    um: dict[str, Any] = dict(message.usage_metadata or {})
     model = model_name_of(message, default_model)
     tin = int(um.get("input_tokens", 0))
     tout = int(um.get("output_tokens", 0))

@@ -243,7 +243,7 @@ def heuristic_plan(
                     task=f"Write the {k.replace('_', ' ')} about {topic}.",
                     kind=k,
                     depends_on=deps,
-                )  # type: ignore[arg-type]
+                )
             )
         for p in platforms:
             steps.append(

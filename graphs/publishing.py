@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
@@ -96,15 +95,15 @@ def approval_request(item: Artifact, publish_at: str | None, error: str | None) 
 
 def check_edit(edit: EditResponse, platform: str | None, tz: str) -> None:
     """An edit must still fit its platform and carry a readable time."""
-    body = edit.args["body"]
+    body = edit.item["body"]
     if platform:
         result = check_post(body, platform)
         if not result.ok:
             raise InvalidResumeError(
                 f"edited {platform} post breaks the platform rules: " + "; ".join(result.problems)
             )
-    if edit.args.get("scheduled_at"):
-        parse_when(str(edit.args["scheduled_at"]), tz)
+    if edit.item.get("scheduled_at"):
+        parse_when(str(edit.item["scheduled_at"]), tz)
 
 
 def approve(state: PublishingState, runtime: Runtime[MarketingContext]) -> dict[str, Any]:
@@ -124,19 +123,18 @@ def approve(state: PublishingState, runtime: Runtime[MarketingContext]) -> dict[
                 error = str(exc)
         decision: dict[str, Any] = {"artifact_id": item["id"], "type": response.type}
         if isinstance(response, EditResponse):
-            decision["args"] = response.args
+            decision["args"] = response.item
         elif isinstance(response, RespondResponse):
             decision["feedback"] = response.args
         decisions.append(decision)
     return {"decisions": decisions}
 
 
-async def enqueue(
-    state: PublishingState, runtime: Runtime[MarketingContext], config: RunnableConfig
-) -> dict[str, Any]:
+async def enqueue(state: PublishingState, runtime: Runtime[MarketingContext]) -> dict[str, Any]:
     ctx = context_of(runtime)
     step_id = state.get("step_id", "publish")
-    thread_id = str((config.get("configurable") or {}).get("thread_id") or "standalone")
+    info = runtime.execution_info
+    thread_id = (info.thread_id if info else None) or "standalone"
     items = {i["id"]: i for i in state.get("items") or []}
     db = await active_db()
     artifacts: dict[str, Artifact] = {}
@@ -156,12 +154,10 @@ async def enqueue(
         when_text = state.get("publish_at")
         if d["type"] == "edit":
             args = d["args"]
-            final.update(
-                body=args["body"],
-                title=str(args.get("title") or item["title"]),
-                hashtags=list(args.get("hashtags") or item.get("hashtags") or []),
-                version=item["version"] + 1,
-            )
+            final["body"] = args["body"]
+            final["title"] = str(args.get("title") or item["title"])
+            final["hashtags"] = list(args.get("hashtags") or item.get("hashtags") or [])
+            final["version"] = item["version"] + 1
             when_text = args.get("scheduled_at") or when_text
         when = parse_when(when_text, ctx.timezone) if when_text else utcnow()
         row, _created = await db.enqueue(

@@ -17,7 +17,7 @@ from app.models import get_model_factory
 from app.usage import usage_from_message
 from graphs.context import MarketingContext, context_of
 from graphs.schemas import BriefDraft
-from graphs.state import AgentInput, Brief, ResearchOutput, Source, StepResult
+from graphs.state import AgentInput, Brief, KeyPoint, ResearchOutput, Source, StepResult
 from prompts import data_block, render, task_block
 from tools.research_tools import research_tools
 
@@ -105,7 +105,15 @@ def collect_sources(messages: list[AnyMessage]) -> list[Source]:
             if key in seen:
                 continue
             seen.add(key)
-            sources.append(Source(id=f"S{len(sources) + 1}", **item))
+            sources.append(
+                Source(
+                    id=f"S{len(sources) + 1}",
+                    title=str(item.get("title", "")),
+                    url=str(item.get("url", "")),
+                    snippet=str(item.get("snippet", "")),
+                    origin=item.get("origin", "knowledge_base"),
+                )
+            )
     return sources
 
 
@@ -144,7 +152,7 @@ async def write_brief(state: ResearchState, runtime: Runtime[MarketingContext]) 
         }
     valid = {s["id"] for s in sources}
     points = [
-        {"point": p.point, "source_ids": [i for i in p.source_ids if i in valid]}
+        KeyPoint(point=p.point, source_ids=[i for i in p.source_ids if i in valid])
         for p in draft.key_points
     ]
     summary = re.sub(
@@ -155,7 +163,7 @@ async def write_brief(state: ResearchState, runtime: Runtime[MarketingContext]) 
         summary=summary.strip(),
         key_points=points,
         sources=sources,
-        notes=notes,  # type: ignore[typeddict-item]
+        notes=notes,
     )
     cited = sorted(
         {i for p in points for i in p["source_ids"]} | set(re.findall(r"S\d+", summary)) & valid

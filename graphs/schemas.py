@@ -139,7 +139,7 @@ class EditResponse(BaseModel):
     args: dict[str, Any] | None = Field(
         None,
         description="The edited item: at least 'body' (text), optionally 'title', 'hashtags', "
-        "'scheduled_at'; or an agent-inbox ActionRequest {'action', 'args': {...}}."
+        "'scheduled_at'; or an agent-inbox ActionRequest {'action', 'args': {...}}.",
     )
 
     @model_validator(mode="after")
@@ -150,8 +150,13 @@ class EditResponse(BaseModel):
         body = item.get("body") if isinstance(item, dict) else None
         if not isinstance(body, str) or not body.strip():
             raise ValueError("'edit' needs args with a non-empty 'body' (the edited text)")
-        self.args = dict(item)
+        self.args = dict(item) if isinstance(item, dict) else {}
         return self
+
+    @property
+    def item(self) -> dict[str, Any]:
+        """The edited item (validated: has a non-empty 'body')."""
+        return self.args or {}
 
 
 class RespondResponse(BaseModel):

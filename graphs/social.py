@@ -30,7 +30,7 @@ class SocialState(AgentInput, AgentOutput, total=False):
 
 def _platform(state: SocialState) -> str:
     revise = state.get("revise")
-    return state.get("platform") or (revise or {}).get("platform") or "x"
+    return state.get("platform") or (revise["platform"] if revise else None) or "x"
 
 
 async def write(

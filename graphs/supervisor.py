@@ -189,8 +189,9 @@ def _payload(step: dict[str, Any], state: SupervisorState, taken: set[str]) -> A
     dep_artifacts = [
         artifacts[aid]
         for d in step["depends_on"]
-        for aid in results.get(d, {}).get("artifact_ids", [])
-        if aid in artifacts and results[d]["status"] == "done"
+        if d in results and results[d]["status"] == "done"
+        for aid in results[d]["artifact_ids"]
+        if aid in artifacts
     ]
     payload = AgentInput(
         task=step["task"],
@@ -253,7 +254,7 @@ def dispatch(
     if len(steps) != len(plan_.get("steps") or []):
         plan_["steps"] = steps
         update["plan"] = plan_
-        state = {**state, "plan": plan_}  # type: ignore[typeddict-item]
+        state = {**state, "plan": plan_}
 
     # steps whose (non-publishing) dependencies failed are skipped, transitively
     skipped: dict[str, StepResult] = {}
@@ -266,7 +267,8 @@ def dispatch(
             bad = [
                 d
                 for d in step["depends_on"]
-                if (results.get(d) or skipped.get(d) or {}).get("status") == "failed"
+                if (d in results and results[d]["status"] == "failed")
+                or (d in skipped and skipped[d]["status"] == "failed")
             ]
             if bad:
                 skipped[step["id"]] = StepResult(
@@ -340,7 +342,7 @@ def _facts(state: SupervisorState) -> tuple[list[str], list[str], list[str]]:
                 f"{item['artifact_id']} v{item['version']} on {item['platform']} at {item['scheduled_at']}"
             )
     for aid in sorted(this_turn):
-        if artifacts.get(aid, {}).get("status") == "rejected":
+        if aid in artifacts and artifacts[aid]["status"] == "rejected":
             problems.append(f"{aid}: ignored at approval, not scheduled")
     return list(dict.fromkeys(produced)), scheduled, problems
 

@@ -13,8 +13,8 @@ import pytest_socket
 os.environ.setdefault("LANGSMITH_TRACING", "false")
 os.environ.setdefault("LANGSMITH_TEST_TRACKING", "false")
 
-from app.scripted import SCRIPTED_CALLS  # noqa: E402
-from app.settings import Settings, reset_settings_cache  # noqa: E402
+from app.scripted import SCRIPTED_CALLS
+from app.settings import Settings, reset_settings_cache
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

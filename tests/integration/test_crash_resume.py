@@ -26,21 +26,32 @@ MKT = [sys.executable, "-m", "app.cli"]
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MKT_CRASH_AT", "OPENAI_API_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "MKT_CRASH_AT", "OPENAI_API_KEY")
+    }
     env.update(MODEL_PROVIDER="scripted", DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
     if request.param == "postgres":
         env["DATABASE_URL"] = request.getfixturevalue("pg_dsn")
-        subprocess.run([*MKT, "db", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*MKT, "db", "migrate"], env=env, check=True, capture_output=True, timeout=120
+        )
     return env
 
 
-def chat(env: dict[str, str], thread: str, *, crash_at: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def chat(
+    env: dict[str, str], thread: str, *, crash_at: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     run_env = dict(env)
     if crash_at:
         run_env["MKT_CRASH_AT"] = crash_at
     return subprocess.run(
         [*MKT, "chat", "--auto-approve", "--json", "--thread", thread, CAMPAIGN],
-        env=run_env, capture_output=True, text=True, timeout=timeout,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -48,7 +59,10 @@ def kill_on_event(env: dict[str, str], thread: str, event_type: str, step: str) 
     """Start `mkt chat` and SIGKILL it as soon as it reports `event_type` for `step`."""
     proc = subprocess.Popen(
         [*MKT, "chat", "--auto-approve", "--json", "--thread", thread, CAMPAIGN],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -76,7 +90,14 @@ def final_state(env: dict[str, str], thread: str) -> dict[str, Any]:
         "            'outbox': [[o['artifact_id'], o['version'], o['status'], o['scheduled_at']] for o in rows]}))\n"
         "asyncio.run(main())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, thread], env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, thread],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -128,7 +149,13 @@ def test_kill_9_then_same_command_resumes_to_the_same_result(
 def test_postgres_without_migration_names_the_fix(pg_dsn: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MKT_CRASH_AT"}
     env.update(MODEL_PROVIDER="scripted", DATA_DIR=str(tmp_path / "d"), DATABASE_URL=pg_dsn)
-    out = subprocess.run([*MKT, "chat", "Write a blog post about TerraRun"], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*MKT, "chat", "Write a blog post about TerraRun"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "mkt db migrate" in out.stderr
     assert "postgres@" not in out.stderr  # the DSN is described, not echoed

@@ -31,12 +31,20 @@ async def test_empty_request_is_refused_before_anything_runs(runner: Runner, tex
 
 
 async def test_unknown_platform_in_context_names_the_known_ones(runner: Runner) -> None:
-    with pytest.raises(InvalidContextError, match=r"platforms: .*unknown platform 'tiktok'.*x, linkedin"):
-        await drain(runner.send(None, "Write a post for our TerraRun shoe", {"platforms": ["tiktok"]}))
+    with pytest.raises(
+        InvalidContextError, match=r"platforms: .*unknown platform 'tiktok'.*x, linkedin"
+    ):
+        await drain(
+            runner.send(None, "Write a post for our TerraRun shoe", {"platforms": ["tiktok"]})
+        )
     with pytest.raises(InvalidContextError, match="brand_colour"):
-        await drain(runner.send(None, "Write a post for our TerraRun shoe", {"brand_colour": "red"}))
+        await drain(
+            runner.send(None, "Write a post for our TerraRun shoe", {"brand_colour": "red"})
+        )
     with pytest.raises(InvalidContextError, match="time zone"):
-        await drain(runner.send(None, "Write a post for our TerraRun shoe", {"timezone": "Mars/Base"}))
+        await drain(
+            runner.send(None, "Write a post for our TerraRun shoe", {"timezone": "Mars/Base"})
+        )
     assert await runner.storage.db.list_threads() == []
 
 
@@ -66,7 +74,9 @@ async def test_resume_on_a_thread_that_is_not_interrupted(runner: Runner) -> Non
 async def test_malformed_resume_is_refused_and_the_interrupt_stays_pending(
     runner: Runner, value: Any, message: str
 ) -> None:
-    events = await drain(runner.send(None, "Write an X post for our TerraRun shoe and publish it Tuesday 9am"))
+    events = await drain(
+        runner.send(None, "Write an X post for our TerraRun shoe and publish it Tuesday 9am")
+    )
     tid = events[0]["thread_id"]
     before = await checkpoint_id(runner, tid)
     view = await runner.view(tid)
@@ -80,7 +90,9 @@ async def test_malformed_resume_is_refused_and_the_interrupt_stays_pending(
 
 
 async def test_new_request_while_an_approval_is_pending_is_refused(runner: Runner) -> None:
-    events = await drain(runner.send(None, "Write an X post for our TerraRun shoe and publish it Tuesday 9am"))
+    events = await drain(
+        runner.send(None, "Write an X post for our TerraRun shoe and publish it Tuesday 9am")
+    )
     tid = events[0]["thread_id"]
     before = await checkpoint_id(runner, tid)
     with pytest.raises(PendingApprovalError, match="waiting for an approval"):

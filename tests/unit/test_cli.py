@@ -41,7 +41,9 @@ def test_chat_auto_approve_json_runs_the_campaign_and_fills_the_outbox() -> None
 
 
 def test_pending_approval_is_answered_with_resume_json() -> None:
-    first = cli.invoke(app, ["chat", "--json", "Write an X post for our TerraRun shoe and publish it Tuesday 9am"])
+    first = cli.invoke(
+        app, ["chat", "--json", "Write an X post for our TerraRun shoe and publish it Tuesday 9am"]
+    )
     assert first.exit_code == 0
     evs = events(first.output)
     assert [e["type"] for e in evs][-2:] == ["approval", "usage"]
@@ -61,12 +63,22 @@ def test_bad_input_exits_2_with_a_message() -> None:
     assert bad_platform.exit_code == 2 and "unknown platform 'myspace'" in bad_platform.output
     bad_json = cli.invoke(app, ["chat", "--thread", "t", "--resume", "{nope"])
     assert bad_json.exit_code == 2 and "not valid JSON" in bad_json.output
-    not_waiting = cli.invoke(app, ["chat", "--thread", "unknown-thread", "--resume", '{"type": "accept"}'])
+    not_waiting = cli.invoke(
+        app, ["chat", "--thread", "unknown-thread", "--resume", '{"type": "accept"}']
+    )
     assert not_waiting.exit_code == 2 and "does not exist" in not_waiting.output
 
 
 def test_publish_due_marks_immediate_items_published() -> None:
-    result = cli.invoke(app, ["chat", "--auto-approve", "--json", "Write an X post for our TerraRun shoe and publish it"])
+    result = cli.invoke(
+        app,
+        [
+            "chat",
+            "--auto-approve",
+            "--json",
+            "Write an X post for our TerraRun shoe and publish it",
+        ],
+    )
     assert result.exit_code == 0
     out = json.loads(cli.invoke(app, ["outbox", "--json", "--publish-due"]).output)
     assert [i["status"] for i in out["items"]] == ["published"]

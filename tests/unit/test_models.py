@@ -26,10 +26,17 @@ def test_unit_tests_cannot_reach_the_network() -> None:
 
 def test_auto_prefers_openai_when_configured(tmp_path: object) -> None:
     assert resolve_provider(Settings(model_provider="auto", openai_api_key="sk-x"))[0] == "openai"
-    assert resolve_provider(Settings(model_provider="auto", openai_base_url="http://127.0.0.1:11434/v1"))[0] == "openai"
+    assert (
+        resolve_provider(
+            Settings(model_provider="auto", openai_base_url="http://127.0.0.1:11434/v1")
+        )[0]
+        == "openai"
+    )
 
 
-def test_auto_without_key_uses_local_if_installed_else_says_it_is_scripted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_without_key_uses_local_if_installed_else_says_it_is_scripted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("app.models.local_extra_installed", lambda: True)
     assert resolve_provider(Settings(model_provider="auto"))[0] == "local"
     monkeypatch.setattr("app.models.local_extra_installed", lambda: False)
@@ -75,9 +82,18 @@ def test_fallbacks_string_from_environment(monkeypatch: pytest.MonkeyPatch) -> N
 def test_usage_and_cost_come_from_the_price_table() -> None:
     assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(0.75)
     assert cost_usd("unknown-model", 10, 10) == 0.0
-    msg = AIMessage("hi", usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}, response_metadata={"model_name": "gpt-4o"})
+    msg = AIMessage(
+        "hi",
+        usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500},
+        response_metadata={"model_name": "gpt-4o"},
+    )
     u = usage_from_message("content", msg, "fallback")["content"]
-    assert (u["calls"], u["input_tokens"], u["output_tokens"], u["models"]) == (1, 1000, 500, ["gpt-4o"])
+    assert (u["calls"], u["input_tokens"], u["output_tokens"], u["models"]) == (
+        1,
+        1000,
+        500,
+        ["gpt-4o"],
+    )
     assert u["cost_usd"] == pytest.approx(1000 / 1e6 * 2.5 + 500 / 1e6 * 10)
 
 
@@ -88,7 +104,11 @@ class Unanswerable(BaseModel):
 async def test_structured_output_gives_a_typed_error_when_the_model_cannot_comply() -> None:
     previous = set_model_factory(ModelFactory(Settings(model_provider="scripted")))
     try:
-        plan, usage = await ask_structured("supervisor", Plan, [HumanMessage("<task>\nrequest: write a blog post about our TerraRun shoe\n</task>")])
+        plan, usage = await ask_structured(
+            "supervisor",
+            Plan,
+            [HumanMessage("<task>\nrequest: write a blog post about our TerraRun shoe\n</task>")],
+        )
         assert plan.action == "execute" and usage["supervisor"]["calls"] == 1
         with pytest.raises(ModelOutputError, match="no valid Unanswerable"):
             await ask_structured("supervisor", Unanswerable, [HumanMessage("anything")])
@@ -97,7 +117,12 @@ async def test_structured_output_gives_a_typed_error_when_the_model_cannot_compl
 
 
 async def test_scripted_model_streams_tokens_and_reports_usage() -> None:
-    chunks = [c async for c in ScriptedChatModel().astream([HumanMessage("<task>\nproduced: blog\n</task>")])]
+    chunks = [
+        c
+        async for c in ScriptedChatModel().astream(
+            [HumanMessage("<task>\nproduced: blog\n</task>")]
+        )
+    ]
     assert len(chunks) > 3
     text = "".join(str(c.content) for c in chunks)
     assert text.startswith("[scripted answer]")

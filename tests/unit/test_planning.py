@@ -172,7 +172,14 @@ def test_policies_merge_research_and_reapprove_scheduled_revisions() -> None:
         steps=[
             PlanStep(id="r1", agent="research", task="one"),
             PlanStep(id="r2", agent="research", task="two"),
-            PlanStep(id="fix-x", agent="social", task="shorter", platform="x", revise="post-x", depends_on=["r2"]),
+            PlanStep(
+                id="fix-x",
+                agent="social",
+                task="shorter",
+                platform="x",
+                revise="post-x",
+                depends_on=["r2"],
+            ),
         ],
     )
     plan, notes = normalize_plan(proposed, MarketingContext(), ARTIFACTS)

@@ -19,12 +19,24 @@ from graphs.state import Artifact
 
 def item(aid: str, platform: str | None, body: str, kind: str = "post") -> Artifact:
     return Artifact(
-        id=aid, kind=kind, platform=platform, title=f"{aid} title", body=body, hashtags=[],  # type: ignore[typeddict-item]
-        version=1, agent="social" if platform else "content", step_id=aid, score=0.8, status="draft",
+        id=aid,
+        kind=kind,
+        platform=platform,
+        title=f"{aid} title",
+        body=body,
+        hashtags=[],  # type: ignore[typeddict-item]
+        version=1,
+        agent="social" if platform else "content",
+        step_id=aid,
+        score=0.8,
+        status="draft",
     )
 
 
-ITEMS = [item("post-x", "x", "Meet TerraRun. #TerraRun"), item("blog", None, "Long blog text.", "blog")]
+ITEMS = [
+    item("post-x", "x", "Meet TerraRun. #TerraRun"),
+    item("blog", None, "Long blog text.", "blog"),
+]
 
 
 @pytest.fixture
@@ -106,7 +118,9 @@ async def test_malformed_resume_value_re_asks_the_same_item_with_the_error(
 
 async def test_respond_and_ignore_write_nothing(graph: Any, db: AppDB) -> None:
     await graph.ainvoke(INPUT, CFG, context=MarketingContext())
-    await graph.ainvoke(Command(resume={"type": "respond", "args": "too salesy"}), CFG, context=MarketingContext())
+    await graph.ainvoke(
+        Command(resume={"type": "respond", "args": "too salesy"}), CFG, context=MarketingContext()
+    )
     out = await graph.ainvoke(Command(resume={"type": "ignore"}), CFG, context=MarketingContext())
     assert await db.list_outbox() == []
     result = out["results"]["publish"]
@@ -123,10 +137,13 @@ async def test_outbox_write_happens_once_when_the_node_re_runs(graph: Any, db: A
     assert len(first) == 2
 
     # replay from the checkpoint just before `enqueue`: the node runs again, as after a crash
-    before = [s async for s in graph.aget_state_history(CFG) if s.next == ("enqueue",)][0]
+    history = [s async for s in graph.aget_state_history(CFG)]
+    before = next(s for s in history if s.next == ("enqueue",))
     out = await graph.ainvoke(None, before.config, context=MarketingContext())
     again = await db.list_outbox()
-    assert [(r["id"], r["idempotency_key"]) for r in again] == [(r["id"], r["idempotency_key"]) for r in first]
+    assert [(r["id"], r["idempotency_key"]) for r in again] == [
+        (r["id"], r["idempotency_key"]) for r in first
+    ]
     assert sorted(s["outbox_id"] for s in out["scheduled"]) == sorted(r["id"] for r in first)
 
 
@@ -134,7 +151,15 @@ async def test_outbox_enqueue_is_idempotent_and_supersedes_older_versions(db: Ap
     from datetime import UTC, datetime
 
     when = datetime(2026, 11, 24, 9, tzinfo=UTC)
-    kwargs: dict[str, Any] = dict(thread_id="t", artifact_id="post-x", platform="x", kind="post", title="", body="v1", scheduled_at=when)
+    kwargs: dict[str, Any] = dict(
+        thread_id="t",
+        artifact_id="post-x",
+        platform="x",
+        kind="post",
+        title="",
+        body="v1",
+        scheduled_at=when,
+    )
     row1, created1 = await db.enqueue(version=1, **kwargs)
     row1b, created1b = await db.enqueue(version=1, **kwargs)
     assert (created1, created1b) == (True, False) and row1["id"] == row1b["id"]
@@ -150,7 +175,9 @@ async def test_dry_run_publisher_publishes_due_items_exactly_once(db: AppDB) -> 
     from tools.publishers import DryRunPublisher
 
     now = datetime(2026, 11, 24, 9, tzinfo=UTC)
-    base: dict[str, Any] = dict(thread_id="t", platform="x", kind="post", title="", body="b", version=1)
+    base: dict[str, Any] = dict(
+        thread_id="t", platform="x", kind="post", title="", body="b", version=1
+    )
     await db.enqueue(artifact_id="due", scheduled_at=now - timedelta(minutes=1), **base)
     await db.enqueue(artifact_id="later", scheduled_at=now + timedelta(days=1), **base)
     pub = DryRunPublisher(db)

