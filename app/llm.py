@@ -18,6 +18,10 @@ T = TypeVar("T", bound=BaseModel)
 class ModelOutputError(RuntimeError):
     """The model did not return a valid structured answer after the repair attempts."""
 
+    def __init__(self, message: str, usage: dict[str, AgentUsage] | None = None) -> None:
+        super().__init__(message)
+        self.usage: dict[str, AgentUsage] = usage or {}  # tokens spent on the failed attempts
+
 
 async def ask_structured(
     agent: str,
@@ -55,7 +59,7 @@ async def ask_structured(
             ),
         ]
     raise ModelOutputError(
-        f"{agent}: no valid {schema.__name__} from the model: {str(error)[:300]}"
+        f"{agent}: no valid {schema.__name__} from the model: {str(error)[:300]}", usage
     )
 
 

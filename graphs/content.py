@@ -112,6 +112,20 @@ def finish(state: ContentState) -> dict[str, Any]:
             "trace": [f"content:{step_id}"],
         }
     report = state.get("report") or {}
+    if not report.get("word_count"):
+        return {
+            "results": {
+                step_id: StepResult(
+                    step_id=step_id,
+                    agent="content",
+                    status="failed",
+                    summary="the draft has no words",
+                    artifact_ids=[],
+                    error="empty draft from the model",
+                )
+            },
+            "trace": [f"content:{step_id}"],
+        }
     kind = _kind(state)
     art_id = state.get("artifact_id") or kind
     artifact = Artifact(

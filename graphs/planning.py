@@ -89,6 +89,9 @@ def normalize_plan(
         if s.agent in ("content", "social") and research and research[0].id not in deps:
             deps.append(research[0].id)
         if s.agent == "publishing" and not deps:
+            if not producers:
+                notes.append(f"dropped step {s.id}: nothing in the plan for it to publish")
+                continue
             deps = producers
         fixed.append(s.model_copy(update={"depends_on": deps}))
     steps = fixed

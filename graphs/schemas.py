@@ -89,12 +89,12 @@ class BriefDraft(BaseModel):
 
 
 class LongFormDraft(BaseModel):
-    title: str
-    body: str = Field(description="The full text in Markdown.")
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, description="The full text in Markdown.")
 
 
 class SocialDraft(BaseModel):
-    text: str = Field(description="The post text without hashtags.")
+    text: str = Field(min_length=1, description="The post text without hashtags.")
     hashtags: list[str] = Field(default_factory=list, description="Hashtags without '#'.")
 
 

@@ -65,6 +65,20 @@ def _artifact_index(artifacts: dict[str, Artifact]) -> dict[str, dict[str, Any]]
 # plan
 # ---------------------------------------------------------------------------------------------
 
+MAKERS = ("research", "content", "social")
+
+
+def keyword_plan(
+    request: str, index: dict[str, dict[str, Any]], ctx: MarketingContext, state: SupervisorState
+) -> Plan:
+    """The deterministic planner, used when a model's plan is unusable or degenerate."""
+    return heuristic_plan(
+        request,
+        artifacts=index,
+        allowed_platforms=ctx.platforms,
+        has_brief=bool(state.get("brief")),
+    )
+
 
 async def plan(
     state: SupervisorState, runtime: Runtime[MarketingContext]
@@ -108,13 +122,19 @@ async def plan(
             "supervisor", Plan, prompt, overrides=ctx.model_overrides
         )
     except ModelOutputError as exc:
-        notes.append(f"the model's plan was unusable ({str(exc)[:120]}); used the keyword planner")
-        proposed = heuristic_plan(
-            request,
-            artifacts=index,
-            allowed_platforms=ctx.platforms,
-            has_brief=bool(state.get("brief")),
-        )
+        notes.append(f"the model's plan was unusable ({exc}); used the keyword planner")
+        usage = exc.usage
+        proposed = keyword_plan(request, index, ctx, state)
+    else:
+        if proposed.action == "execute" and not any(
+            s.agent in MAKERS or s.revise for s in proposed.steps
+        ):
+            fallback = keyword_plan(request, index, ctx, state)
+            if any(s.agent in MAKERS for s in fallback.steps):
+                notes.append(
+                    "the model's plan produced none of the requested pieces; used the keyword planner"
+                )
+                proposed = fallback
     final, policy_notes = normalize_plan(proposed, ctx, index)
     notes += policy_notes
     plan_dict = final.model_dump()

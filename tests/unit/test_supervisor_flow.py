@@ -227,3 +227,31 @@ async def test_review_retries_a_failed_step_once(runner: Runner) -> None:
         ("blog", "failed"),
         ("blog", "failed"),
     ]
+
+
+async def test_degenerate_or_invalid_model_plans_fall_back_to_the_keyword_planner(
+    runner: Runner, monkeypatch: Any
+) -> None:
+    from app.scripted import ScriptedChatModel
+
+    def publish_only(self: ScriptedChatModel, task: dict[str, str]) -> dict[str, Any]:
+        step = {"id": "pub", "agent": "publishing", "task": "publish", "depends_on": []}
+        return {"action": "execute", "steps": [step, {**step, "id": "pub2"}]}
+
+    monkeypatch.setattr(ScriptedChatModel, "_plan", publish_only)
+    tid, events = await converse(runner, "Write a blog post about our TerraRun shoe")
+    plan = next(e for e in events if e["type"] == "plan")
+    assert [s["id"] for s in plan["steps"]] == ["blog"]
+    assert any("produced none of the requested pieces" in n for n in plan["notes"])
+
+    def garbage(self: ScriptedChatModel, task: dict[str, str]) -> dict[str, Any]:
+        return {"action": "execute", "steps": "not a list"}
+
+    monkeypatch.setattr(ScriptedChatModel, "_plan", garbage)
+    tid, events = await converse(runner, "Write a blog post about our TerraRun shoe")
+    plan = next(e for e in events if e["type"] == "plan")
+    assert [s["id"] for s in plan["steps"]] == ["blog"]
+    assert any("unusable" in n for n in plan["notes"])
+    # the tokens of the failed attempts are still counted
+    assert (await runner.view(tid)).values["usage"]["supervisor"]["calls"] == 3  # 2 tries + answer
+    assert "Notes:" in str((await runner.view(tid)).values["messages"][-1].content)
