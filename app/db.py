@@ -334,7 +334,8 @@ class AppDB:
 
 
 async def open_sqlite_db(path: Path) -> tuple[AppDB, aiosqlite.Connection]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # off the event loop: blocking filesystem calls stall every other run on the loop
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA busy_timeout=10000")

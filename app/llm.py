@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel
 
-from app.models import get_model_factory
+from app.models import aget_model_factory
 from app.usage import usage_from_message
 from graphs.state import AgentUsage, add_usage
 
@@ -32,7 +32,7 @@ async def ask_structured(
     attempts: int = 2,
 ) -> tuple[T, dict[str, AgentUsage]]:
     """Ask for `schema` via function calling; on invalid output, show the error and retry."""
-    factory = get_model_factory()
+    factory = await aget_model_factory()
     runnable = factory.structured(agent, schema, overrides)
     default_model = factory.model_name(agent, overrides)
     usage: dict[str, AgentUsage] = {}
@@ -70,7 +70,7 @@ async def ask_text(
     overrides: Mapping[str, str] | None = None,
     tags: Sequence[str] = (),
 ) -> tuple[AIMessage, dict[str, AgentUsage]]:
-    factory = get_model_factory()
+    factory = await aget_model_factory()
     model = factory.chat(agent, overrides)
     msg = await model.ainvoke(list(messages), config={"tags": [f"agent:{agent}", *tags]})
     if not isinstance(msg, AIMessage):

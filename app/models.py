@@ -8,6 +8,7 @@ one method every provider here supports (llama.cpp rejects `json_schema`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -206,6 +207,14 @@ def get_model_factory() -> ModelFactory:
         if _factory is None:
             _factory = ModelFactory()
         return _factory
+
+
+async def aget_model_factory() -> ModelFactory:
+    """The factory, with the local server started off the event loop (its start-up blocks)."""
+    factory = get_model_factory()
+    if factory.provider == "local":
+        await asyncio.to_thread(factory.ensure_ready)
+    return factory
 
 
 def set_model_factory(factory: ModelFactory | None) -> ModelFactory | None:

@@ -6,6 +6,7 @@ With DATABASE_URL: `AsyncPostgresSaver` and the app tables on one psycopg pool o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -101,10 +102,29 @@ def set_active_db(db: AppDB | None) -> None:
     _active_db = db
 
 
+_open_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+
+def _opening_lock() -> asyncio.Lock:
+    """One lock per event loop, so parallel first calls (two `enqueue` nodes) open one DB."""
+    global _open_lock
+    loop = asyncio.get_running_loop()
+    if _open_lock is None or _open_lock[0] is not loop:
+        _open_lock = (loop, asyncio.Lock())
+    return _open_lock[1]
+
+
 async def active_db() -> AppDB:
-    global _active_db, _fallback
     if _active_db is not None:
         return _active_db
+    async with _opening_lock():
+        if _active_db is not None:
+            return _active_db
+        return await _open_active_db()
+
+
+async def _open_active_db() -> AppDB:
+    global _active_db, _fallback
     s = get_settings()
     if s.database_url is None:
         db, conn = await open_sqlite_db(s.sqlite_path)

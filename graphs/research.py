@@ -13,7 +13,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from app.llm import ModelOutputError, ask_structured
-from app.models import get_model_factory
+from app.models import aget_model_factory
 from app.usage import usage_from_message
 from graphs.context import MarketingContext, context_of
 from graphs.schemas import BriefDraft
@@ -53,14 +53,17 @@ async def gather(
             web_hint=web_hint,
             task=task_block(agent="research", topic=state.get("topic", ""), task=_task(state)),
         )  # type: ignore[assignment]
-    model = get_model_factory().with_tools(
+    factory = await aget_model_factory()
+    model = factory.with_tools(
         "research",
         tools,
         tool_choice="any" if rounds == 0 else "auto",
         overrides=ctx.model_overrides,
     )
     reply = await model.ainvoke(messages, config={"tags": ["agent:research"]})
-    usage = usage_from_message("research", reply, get_model_factory().model_name("research"))
+    usage = usage_from_message(
+        "research", reply, factory.model_name("research", ctx.model_overrides)
+    )
     new_messages = [*messages[len(state.get("messages") or []) :], reply]
     has_calls = isinstance(reply, AIMessage) and bool(reply.tool_calls)
     return Command(
