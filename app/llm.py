@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from app.models import aget_model_factory
 from app.usage import usage_from_message
@@ -21,6 +21,20 @@ class ModelOutputError(RuntimeError):
     def __init__(self, message: str, usage: dict[str, AgentUsage] | None = None) -> None:
         super().__init__(message)
         self.usage: dict[str, AgentUsage] = usage or {}  # tokens spent on the failed attempts
+
+
+def _describe(error: object) -> str:
+    """A one-line reason: pydantic messages without the URL boilerplate."""
+    if error is None:
+        return ""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
+        )
+    cause = getattr(error, "__cause__", None)
+    if isinstance(cause, ValidationError):
+        return _describe(cause)
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 async def ask_structured(
@@ -50,7 +64,7 @@ async def ask_structured(
         parsed = out.get("parsed")
         if isinstance(parsed, schema):
             return parsed, usage
-        error = out.get("parsing_error") or "no tool call returned"
+        error = _describe(out.get("parsing_error")) or "no tool call returned"
         convo = [
             *messages,
             HumanMessage(

@@ -254,8 +254,18 @@ def _payload(step: dict[str, Any], state: SupervisorState, taken: set[str]) -> A
     return payload
 
 
+def _own_failures(results: dict[str, StepResult]) -> list[str]:
+    """Steps that failed themselves (not skipped because a dependency failed)."""
+    return [
+        r["step_id"]
+        for r in results.values()
+        if r["status"] == "failed" and not r.get("error", "").startswith("skipped")
+    ]
+
+
 def dispatch(
     state: SupervisorState,
+    runtime: Runtime[MarketingContext],
 ) -> Command[Literal["research", "content", "social", "publishing", "review"]]:
     plan_ = dict(state.get("plan") or {})
     steps: list[dict[str, Any]] = list(plan_.get("steps") or [])
@@ -275,6 +285,10 @@ def dispatch(
         plan_["steps"] = steps
         update["plan"] = plan_
         state = {**state, "plan": plan_}
+
+    # a failed step goes to review (and is retried) before anything that depends on it runs
+    if _own_failures(results) and state.get("replans", 0) < context_of(runtime).max_replans:
+        return Command(goto="review", update=update)
 
     # steps whose (non-publishing) dependencies failed are skipped, transitively
     skipped: dict[str, StepResult] = {}
@@ -322,15 +336,11 @@ def dispatch(
 def review(
     state: SupervisorState, runtime: Runtime[MarketingContext]
 ) -> Command[Literal["dispatch", "answer"]]:
-    """Retry steps that failed on their own (not skipped) while the re-plan budget lasts."""
+    """Retry steps that failed on their own while the re-plan budget lasts (dispatch comes here
+    as soon as a step fails, so dependents wait for the retry); otherwise answer."""
     ctx = context_of(runtime)
     results = state.get("results") or {}
-    failed = [
-        r["step_id"]
-        for r in results.values()
-        if r["status"] == "failed" and not r.get("error", "").startswith("skipped")
-    ]
-    if failed and state.get("replans", 0) < ctx.max_replans:
+    if _own_failures(results) and state.get("replans", 0) < ctx.max_replans:
         keep = {k: v for k, v in results.items() if v["status"] != "failed"}
         return Command(
             goto="dispatch",

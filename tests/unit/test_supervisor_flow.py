@@ -255,3 +255,32 @@ async def test_degenerate_or_invalid_model_plans_fall_back_to_the_keyword_planne
     # the tokens of the failed attempts are still counted
     assert (await runner.view(tid)).values["usage"]["supervisor"]["calls"] == 3  # 2 tries + answer
     assert "Notes:" in str((await runner.view(tid)).values["messages"][-1].content)
+
+
+async def test_a_failed_step_is_retried_before_its_dependents_run(
+    runner: Runner, monkeypatch: Any
+) -> None:
+    from app.scripted import ScriptedChatModel
+
+    real = ScriptedChatModel._long_form
+    calls = {"n": 0}
+
+    def flaky(self: ScriptedChatModel, task: dict[str, str]) -> dict[str, Any]:
+        calls["n"] += 1
+        return {"title": "t", "body": "]["} if calls["n"] == 1 else real(self, task)
+
+    monkeypatch.setattr(ScriptedChatModel, "_long_form", flaky)
+    asked: list[str] = []
+
+    def decide(request: dict[str, Any]) -> Any:
+        asked.append(request["action_request"]["args"]["artifact_id"])
+        return {"type": "accept"}
+
+    tid, events = await converse(
+        runner, "Write a blog post for our TerraRun shoe and publish it Tuesday 9am", decide=decide
+    )
+    done = [(e["step"], e["status"]) for e in events if e["type"] == "agent_done"]
+    assert done == [("blog", "failed"), ("blog", "done"), ("publish", "done")]
+    assert asked == ["blog"]
+    rows = await runner.storage.db.list_outbox(thread_id=tid)
+    assert [r["artifact_id"] for r in rows] == ["blog"]
