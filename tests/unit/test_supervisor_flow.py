@@ -277,7 +277,10 @@ async def test_a_failed_step_is_retried_before_its_dependents_run(
         return {"type": "accept"}
 
     tid, events = await converse(
-        runner, "Write a blog post for our TerraRun shoe and publish it Tuesday 9am", decide=decide
+        runner,
+        "Write a blog post for our TerraRun shoe and publish it Tuesday 9am",
+        decide=decide,
+        context={"max_revisions": 0, "max_replans": 1},
     )
     done = [(e["step"], e["status"]) for e in events if e["type"] == "agent_done"]
     assert done == [("blog", "failed"), ("blog", "done"), ("publish", "done")]
