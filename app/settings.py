@@ -13,6 +13,14 @@ ProviderName = Literal["auto", "openai", "local", "scripted"]
 AGENTS = ("supervisor", "research", "content", "social", "publishing")
 
 
+def check_agent_names(models: dict[str, str]) -> dict[str, str]:
+    """Per-agent model maps may only name known agents."""
+    unknown = sorted(set(models) - set(AGENTS))
+    if unknown:
+        raise ValueError(f"unknown agent(s) {unknown}; known: {list(AGENTS)}")
+    return models
+
+
 class Settings(BaseSettings):
     """Everything the process needs; per-run settings live in `graphs.context.MarketingContext`."""
 
@@ -66,10 +74,7 @@ class Settings(BaseSettings):
     @field_validator("agent_models")
     @classmethod
     def _known_agents(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(AGENTS))
-        if unknown:
-            raise ValueError(f"unknown agent(s) {unknown} in AGENT_MODELS; known: {list(AGENTS)}")
-        return value
+        return check_agent_names(value)
 
     @property
     def sqlite_path(self) -> Path:

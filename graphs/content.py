@@ -13,7 +13,7 @@ from app.llm import ModelOutputError, ask_structured
 from graphs.context import MarketingContext, context_of
 from graphs.material import brief_points, material
 from graphs.schemas import LongFormDraft
-from graphs.state import AgentInput, AgentOutput, Artifact, StepResult
+from graphs.state import AgentInput, AgentOutput, Artifact, StepResult, step_failed
 from prompts import render, task_block
 from tools.scoring import score_content
 
@@ -68,9 +68,8 @@ async def write(
             "content", LongFormDraft, prompt, overrides=ctx.model_overrides
         )
     except ModelOutputError as exc:
-        if previous:  # keep the best draft we have
-            return Command(goto="finish", update={"error": str(exc)})
-        return Command(goto="finish", update={"error": str(exc), "draft": None})
+        # keep the best draft we have (if any); the failed attempts' tokens still count
+        return Command(goto="finish", update={"error": str(exc), "usage": exc.usage})
     return Command(
         goto="score", update={"draft": draft.model_dump(), "attempt": attempt + 1, "usage": usage}
     )
@@ -98,34 +97,12 @@ def finish(state: ContentState) -> dict[str, Any]:
     step_id = state.get("step_id", "content")
     draft = state.get("draft")
     if not draft:
-        return {
-            "results": {
-                step_id: StepResult(
-                    step_id=step_id,
-                    agent="content",
-                    status="failed",
-                    summary="no usable draft",
-                    artifact_ids=[],
-                    error=state.get("error", "no draft"),
-                )
-            },
-            "trace": [f"content:{step_id}"],
-        }
+        return step_failed(step_id, "content", "no usable draft", state.get("error", "no draft"))
     report = state.get("report") or {}
     if not report.get("word_count"):
-        return {
-            "results": {
-                step_id: StepResult(
-                    step_id=step_id,
-                    agent="content",
-                    status="failed",
-                    summary="the draft has no words",
-                    artifact_ids=[],
-                    error="empty draft from the model",
-                )
-            },
-            "trace": [f"content:{step_id}"],
-        }
+        return step_failed(
+            step_id, "content", "the draft has no words", "empty draft from the model"
+        )
     kind = _kind(state)
     art_id = state.get("artifact_id") or kind
     artifact = Artifact(

@@ -11,7 +11,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.settings import AGENTS
+from app.settings import check_agent_names
 from tools.platforms import get_rules, known_platforms
 
 
@@ -53,10 +53,7 @@ class MarketingContext(BaseModel):
     @field_validator("model_overrides")
     @classmethod
     def _known_agents(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(AGENTS))
-        if unknown:
-            raise ValueError(f"unknown agent(s) {unknown}; known: {list(AGENTS)}")
-        return value
+        return check_agent_names(value)
 
     @field_validator("timezone")
     @classmethod

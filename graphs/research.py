@@ -17,7 +17,15 @@ from app.models import aget_model_factory
 from app.usage import usage_from_message
 from graphs.context import MarketingContext, context_of
 from graphs.schemas import BriefDraft
-from graphs.state import AgentInput, Brief, KeyPoint, ResearchOutput, Source, StepResult
+from graphs.state import (
+    AgentInput,
+    Brief,
+    KeyPoint,
+    ResearchOutput,
+    Source,
+    StepResult,
+    step_failed,
+)
 from prompts import data_block, render, task_block
 from tools.research_tools import research_tools
 
@@ -149,10 +157,7 @@ async def write_brief(state: ResearchState, runtime: Runtime[MarketingContext]) 
             "research", BriefDraft, prompt, overrides=ctx.model_overrides
         )
     except ModelOutputError as exc:
-        return {
-            "results": {step_id: _failed(step_id, str(exc))},
-            "trace": [f"research:{step_id}"],
-        }
+        return {**step_failed(step_id, "research", "research failed", str(exc)), "usage": exc.usage}
     valid = {s["id"] for s in sources}
     points = [
         KeyPoint(point=p.point, source_ids=[i for i in p.source_ids if i in valid])
@@ -186,17 +191,6 @@ async def write_brief(state: ResearchState, runtime: Runtime[MarketingContext]) 
         },
         "trace": [f"research:{step_id}"],
     }
-
-
-def _failed(step_id: str, error: str) -> StepResult:
-    return StepResult(
-        step_id=step_id,
-        agent="research",
-        status="failed",
-        summary="research failed",
-        artifact_ids=[],
-        error=error,
-    )
 
 
 builder = StateGraph(

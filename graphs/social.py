@@ -13,7 +13,7 @@ from app.llm import ModelOutputError, ask_structured
 from graphs.context import MarketingContext, context_of
 from graphs.material import material
 from graphs.schemas import SocialDraft
-from graphs.state import AgentInput, AgentOutput, Artifact, StepResult
+from graphs.state import AgentInput, AgentOutput, Artifact, StepResult, step_failed
 from prompts import render, task_block
 from tools.platforms import check_post, fit_post, get_rules
 from tools.scoring import find_banned_terms
@@ -67,7 +67,7 @@ async def write(
             "social", SocialDraft, prompt, overrides=ctx.model_overrides
         )
     except ModelOutputError as exc:
-        return Command(goto="finish", update={"error": str(exc)})
+        return Command(goto="finish", update={"error": str(exc), "usage": exc.usage})
     return Command(
         goto="check", update={"draft": draft.model_dump(), "attempt": attempt + 1, "usage": usage}
     )
@@ -95,19 +95,9 @@ def finish(state: SocialState, runtime: Runtime[MarketingContext]) -> dict[str, 
     platform = get_rules(_platform(state)).name
     draft = state.get("draft")
     if not draft:
-        return {
-            "results": {
-                step_id: StepResult(
-                    step_id=step_id,
-                    agent="social",
-                    status="failed",
-                    summary=f"no usable {platform} post",
-                    artifact_ids=[],
-                    error=state.get("error", "no draft"),
-                )
-            },
-            "trace": [f"social:{step_id}"],
-        }
+        return step_failed(
+            step_id, "social", f"no usable {platform} post", state.get("error", "no draft")
+        )
     body = fit_post(draft["text"], list(draft.get("hashtags") or []), platform)
     check_result = check_post(body, platform)
     banned = find_banned_terms(body, list(ctx.banned_terms))

@@ -138,6 +138,23 @@ def merge_scheduled(
     return list(by_key.values())
 
 
+def step_failed(step_id: str, agent: AgentName, summary: str, error: str) -> dict[str, Any]:
+    """A sub-agent's output for a step that produced nothing usable."""
+    return {
+        "results": {
+            step_id: StepResult(
+                step_id=step_id,
+                agent=agent,
+                status="failed",
+                summary=summary,
+                artifact_ids=[],
+                error=error,
+            )
+        },
+        "trace": [f"{agent}:{step_id}"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # graph states
 # ---------------------------------------------------------------------------------------------
