@@ -100,8 +100,11 @@ class ChatView:
         self.as_json = as_json
         self.streaming = False
         self.announced: set[str] = set()
+        self.thread_id: str | None = None
 
     def emit(self, event: dict[str, Any]) -> None:
+        if event["type"] == "run":
+            self.thread_id = event["thread_id"]
         if self.as_json:
             print(json.dumps(event, default=str), flush=True)
             return
@@ -356,7 +359,9 @@ def chat(
         thread_id = _run(main())
     except KeyboardInterrupt:
         err.print(
-            "\n[yellow]stopped.[/] The last checkpoint is saved: run `mkt chat --thread <ID>` to continue."
+            "\n[yellow]stopped.[/] The last checkpoint is saved; continue with: "
+            f"mkt chat --thread {view.thread_id or thread or '<ID>'}",
+            soft_wrap=True,
         )
         raise typer.Exit(130) from None
     if thread_id and not as_json:

@@ -7,6 +7,7 @@ bad input leaves the thread's state exactly as it was.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from graphs.supervisor import AGENT_NODES, builder
 
 RECURSION_LIMIT = 250
 STREAM_MODES: list[StreamMode] = ["tasks", "messages"]
+# run status -> thread status; a cancelled run leaves an unfinished thread (`mkt chat --thread`)
+THREAD_STATUS = {"success": "idle", "interrupted": "interrupted", "cancelled": "unfinished"}
 MAX_REQUEST_CHARS = 20_000
 
 
@@ -167,6 +170,9 @@ class Runner:
             if status == "success":
                 messages = view.values.get("messages") or []
                 yield {"type": "final", "text": str(messages[-1].content) if messages else ""}
+        except (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"  # stopped by the user or the caller: resumable from its checkpoint
+            raise
         except BaseException as exc:  # recorded and re-raised, never swallowed
             error = f"{type(exc).__name__}: {exc}"[:500]
             raise
@@ -176,7 +182,7 @@ class Runner:
             await self.storage.db.finish_run(run_id, status, usage, error)
             await self.storage.db.touch_thread(
                 thread_id,
-                status={"success": "idle", "interrupted": "interrupted"}.get(status, "error"),
+                status=THREAD_STATUS.get(status, "error"),
             )
         yield {"type": "usage", "usage": usage}
 

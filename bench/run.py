@@ -419,7 +419,13 @@ def postgres_database(skip: bool) -> Iterator[tuple[str | None, str | None]]:
         dsn = stack.enter_context(fresh_database(admin))
     except (RuntimeError, OSError, subprocess.SubprocessError, psycopg.Error) as exc:
         stack.close()
-        yield None, f"PostgreSQL unreachable: {type(exc).__name__}: {exc}".strip()
+        detail = f"{type(exc).__name__}: {exc}"
+        stderr = getattr(exc, "stderr", None)
+        if stderr:
+            text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
+            detail += f" ({text.strip().splitlines()[-1] if text.strip() else ''})"
+        admin = os.environ.get("PG_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+        yield None, f"no PostgreSQL at {admin} and no throwaway cluster: {detail}"
         return
     with stack:
         yield dsn, None
@@ -503,20 +509,19 @@ async def measure_backend(
     last: dict[str, Any] = {}
     problems: list[str] = []
 
+    def note(found: list[str]) -> None:
+        problems.extend(p for p in found if p not in problems)
+
     async def warm_graph() -> float:
         sample, info = await graph_run(graph)
-        problems.extend(
-            p for p in check_scenario(info["values"], sample.approvals) if p not in problems
-        )
+        note(check_scenario(info["values"], sample.approvals))
         return sample.wall_ms
 
     async def measured_graph() -> float:
         sample, info = await graph_run(graph)
         graph_series.samples.append(sample)
         last.update(info)
-        problems.extend(
-            p for p in check_scenario(info["values"], sample.approvals) if p not in problems
-        )
+        note(check_scenario(info["values"], sample.approvals))
         return sample.wall_ms
 
     gc.collect()
@@ -555,17 +560,13 @@ async def measure_backend(
 
         async def warm_runner() -> float:
             sample, info = await runner_run(runner)
-            problems.extend(
-                p for p in check_scenario(info["values"], sample.approvals) if p not in problems
-            )
+            note(check_scenario(info["values"], sample.approvals))
             return sample.wall_ms
 
         async def measured_runner() -> float:
             sample, info = await runner_run(runner)
             runner_series.samples.append(sample)
-            problems.extend(
-                p for p in check_scenario(info["values"], sample.approvals) if p not in problems
-            )
+            note(check_scenario(info["values"], sample.approvals))
             return sample.wall_ms
 
         gc.collect()
@@ -915,7 +916,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--warmup",
         type=int,
         default=5,
-        help="unmeasured warm-up runs per checkpointer and path (default 5)",
+        help="unmeasured warm-up runs per checkpointer and path, at least 1 (default 5)",
     )
     parser.add_argument(
         "--reads",
@@ -941,7 +942,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     ns = parser.parse_args(argv)
     return Options(
         runs=ns.runs,
-        warmup=max(0, ns.warmup),
+        warmup=max(1, ns.warmup),
         reads=ns.reads,
         runner=ns.runner,
         skip_postgres=ns.skip_postgres,
