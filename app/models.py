@@ -78,6 +78,7 @@ class ModelFactory:
         self._local: LocalModelServer | None = None
         self._lock = threading.Lock()
         self._cache: dict[str, BaseChatModel] = {}
+        self._structured: dict[tuple[type[BaseModel], tuple[str, ...]], Runnable[Any, Any]] = {}
 
     # --- info ------------------------------------------------------------------------------------
     def info(self, agent: str = "supervisor") -> ProviderInfo:
@@ -160,12 +161,16 @@ class ModelFactory:
                 self._cache.setdefault(name, cached)
         return cached
 
-    def _candidates(self, agent: str, overrides: Mapping[str, str] | None) -> list[BaseChatModel]:
+    def _chain_names(self, agent: str, overrides: Mapping[str, str] | None) -> list[str]:
+        """The agent's model, then the configured fallbacks (OpenAI-compatible providers)."""
         primary = self.model_name(agent, overrides)
         names = [primary]
         if self.provider == "openai":
             names += [n for n in self.settings.model_fallbacks if n != primary]
-        return [self._model(n) for n in names]
+        return names
+
+    def _candidates(self, agent: str, overrides: Mapping[str, str] | None) -> list[BaseChatModel]:
+        return [self._model(n) for n in self._chain_names(agent, overrides)]
 
     def chat(self, agent: str, overrides: Mapping[str, str] | None = None) -> Runnable[Any, Any]:
         """A chat model for `agent` with the configured fallbacks."""
@@ -188,12 +193,23 @@ class ModelFactory:
     def structured(
         self, agent: str, schema: type[BaseModel], overrides: Mapping[str, str] | None = None
     ) -> Runnable[Any, Any]:
-        """`{"raw": AIMessage, "parsed": schema | None, "parsing_error": ...}` via function calling."""
-        first, *rest = (
-            m.with_structured_output(schema, method="function_calling", include_raw=True)
-            for m in self._candidates(agent, overrides)
-        )
-        return first.with_fallbacks(list(rest)) if rest else first
+        """`{"raw": AIMessage, "parsed": schema | None, "parsing_error": ...}` via function calling.
+
+        Built once per (agent model chain, schema): building it regenerates the JSON schema."""
+        names = tuple(self._chain_names(agent, overrides))
+        key = (schema, names)
+        cached = self._structured.get(key)
+        if cached is None:
+            first, *rest = (
+                self._model(n).with_structured_output(
+                    schema, method="function_calling", include_raw=True
+                )
+                for n in names
+            )
+            cached = first.with_fallbacks(list(rest)) if rest else first
+            with self._lock:
+                self._structured.setdefault(key, cached)
+        return cached
 
 
 _factory: ModelFactory | None = None

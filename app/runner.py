@@ -111,7 +111,7 @@ class Runner:
             thread_id, title=text[:120], status="busy", context=ctx.model_dump()
         )
         payload = {"messages": [{"role": "user", "content": text}]}
-        async for event in self._run(thread_id, payload, ctx):
+        async for event in self._run(thread_id, payload, ctx, view):
             yield event
 
     async def resume(
@@ -126,7 +126,7 @@ class Runner:
         ctx = await self.context_for(thread_id, context)
         self.validate_resume(value, view.interrupts[0]["value"], ctx)
         await self.storage.db.touch_thread(thread_id, status="busy")
-        async for event in self._run(thread_id, Command(resume=value), ctx):
+        async for event in self._run(thread_id, Command(resume=value), ctx, view):
             yield event
 
     async def continue_unfinished(
@@ -138,7 +138,7 @@ class Runner:
             return
         ctx = await self.context_for(thread_id, context)
         yield {"type": "resumed", "thread_id": thread_id, "next": list(view.next)}
-        async for event in self._run(thread_id, None, ctx):
+        async for event in self._run(thread_id, None, ctx, view):
             yield event
 
     @staticmethod
@@ -152,14 +152,15 @@ class Runner:
 
     # --- the run loop -------------------------------------------------------------------------------
     async def _run(
-        self, thread_id: str, payload: Any, ctx: MarketingContext
+        self, thread_id: str, payload: Any, ctx: MarketingContext, before: ThreadView
     ) -> AsyncIterator[dict[str, Any]]:
+        """Stream one run; `before` is the thread as read just before it (for usage deltas)."""
         run_id = str(uuid.uuid4())
         await self.storage.db.start_run(run_id, thread_id, self.factory.info().describe())
-        before = (await self.view(thread_id)).values.get("usage") or {}
         yield {"type": "run", "run_id": run_id, "thread_id": thread_id}
         status = "error"
         error: str | None = None
+        view: ThreadView | None = None
         try:
             async for event in self._stream(thread_id, payload, ctx):
                 yield event
@@ -177,8 +178,8 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"[:500]
             raise
         finally:
-            after = (await self.view(thread_id)).values.get("usage") or {}
-            usage = _usage_delta(before, after)
+            after = view or await self.view(thread_id)
+            usage = _usage_delta(before.values.get("usage") or {}, after.values.get("usage") or {})
             await self.storage.db.finish_run(run_id, status, usage, error)
             await self.storage.db.touch_thread(
                 thread_id,

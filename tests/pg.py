@@ -36,6 +36,16 @@ def _pg_bin(name: str) -> str | None:
     return None
 
 
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @contextmanager
 def throwaway_cluster() -> Iterator[str]:
     from app.local_llm import free_port
@@ -46,34 +56,32 @@ def throwaway_cluster() -> Iterator[str]:
     tmp = Path(tempfile.mkdtemp(prefix="mkt-pg-"))
     port = free_port()
     user = "postgres"
-    env = dict(os.environ)
+    # initdb refuses to run as root: then run the cluster as an unprivileged system user
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        owner = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+        if runuser is None or owner is None:
+            raise RuntimeError("running as root and no unprivileged user to run initdb as")
+        prefix = [runuser, "-u", owner, "--"]
+        shutil.chown(tmp, user=owner)
+    data, log = str(tmp / "data"), str(tmp / "log")
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        [initdb, "-D", str(tmp / "data"), "-U", user, "-A", "trust", "--no-sync"],
+        [*prefix, initdb, "-D", data, "-U", user, "-A", "trust", "--no-sync"],
         check=True,
         capture_output=True,
-        env=env,
     )
     subprocess.run(
-        [
-            pg_ctl,
-            "-D",
-            str(tmp / "data"),
-            "-l",
-            str(tmp / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
+        [*prefix, pg_ctl, "-D", data, "-l", log, "-w", "-o", opts, "start"],
         check=True,
         capture_output=True,
-        env=env,
     )
     try:
         yield f"postgresql://{user}@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(
-            [pg_ctl, "-D", str(tmp / "data"), "-m", "immediate", "stop"], capture_output=True
+            [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True
         )
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -94,10 +102,8 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
     name = f"mkt_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    base["dbname"] = name
     try:
-        yield psycopg.conninfo.make_conninfo(**base)
+        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
