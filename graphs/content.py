@@ -128,16 +128,17 @@ def finish(state: ContentState) -> dict[str, Any]:
         summary += " — below the quality threshold" + (
             f"; banned terms: {banned}" if banned else ""
         )
+    if banned:  # never offered for approval; a retry writes the same artifact id again
+        return step_failed(step_id, "content", summary, f"contains banned terms {banned}")
     return {
         "artifacts": {art_id: artifact},
         "results": {
             step_id: StepResult(
                 step_id=step_id,
                 agent="content",
-                status="failed" if banned else "done",
+                status="done",
                 summary=summary,
                 artifact_ids=[art_id],
-                **({"error": f"contains banned terms {banned}"} if banned else {}),  # type: ignore[typeddict-item]
             )
         },
         "trace": [f"content:{step_id}"],

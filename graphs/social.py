@@ -116,16 +116,15 @@ def finish(state: SocialState, runtime: Runtime[MarketingContext]) -> dict[str, 
         status="draft",
     )
     problems = list(check_result.problems) + ([f"banned terms {banned}"] if banned else [])
-    result = StepResult(
-        step_id=step_id,
-        agent="social",
-        status="failed" if problems else "done",
-        summary=f"{platform} post, {check_result.length}/{check_result.max_chars} characters, "
-        f"{check_result.hashtags} hashtags",
-        artifact_ids=[art_id],
+    summary = (
+        f"{platform} post, {check_result.length}/{check_result.max_chars} characters, "
+        f"{check_result.hashtags} hashtags"
     )
-    if problems:
-        result["error"] = "; ".join(problems)
+    if problems:  # never offered for approval; a retry writes the same artifact id again
+        return step_failed(step_id, "social", summary, "; ".join(problems))
+    result = StepResult(
+        step_id=step_id, agent="social", status="done", summary=summary, artifact_ids=[art_id]
+    )
     return {
         "artifacts": {art_id: artifact},
         "results": {step_id: result},

@@ -222,11 +222,14 @@ async def test_content_revises_while_below_threshold(runner: Runner) -> None:
 
 async def test_review_retries_a_failed_step_once(runner: Runner) -> None:
     ctx = {"banned_terms": ["template"], "max_revisions": 0, "max_replans": 1}
-    _, events = await converse(runner, "Write a blog post about our TerraRun shoe", context=ctx)
+    tid, events = await converse(runner, "Write a blog post about our TerraRun shoe", context=ctx)
     assert [(e["step"], e["status"]) for e in events if e["type"] == "agent_done"] == [
         ("blog", "failed"),
         ("blog", "failed"),
     ]
+    # a draft with banned terms is never kept as an artifact, so it can never be approved
+    assert (await runner.view(tid)).values.get("artifacts", {}) == {}
+    assert "blog: contains banned terms" in str((await runner.view(tid)).values["messages"][-1].content)
 
 
 async def test_degenerate_or_invalid_model_plans_fall_back_to_the_keyword_planner(
