@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -213,7 +214,8 @@ async def _chat(
                 "storage": runner.storage.description,
             }
         )
-    events = None
+    events: AsyncIterator[dict[str, Any]] | None = None
+    todo = (request or "").strip() or None  # a new turn still to send
     if thread_id:
         current = await runner.view(thread_id)
         if resume_value is not None:
@@ -221,20 +223,15 @@ async def _chat(
         elif current.status == "unfinished":
             async for event in runner.continue_unfinished(thread_id, ctx):
                 view.emit(event)
-            current = await runner.view(thread_id)
-            if request and request.strip() == current.last_request:
-                request = None  # the crashed run was this very request: it is done now
-        elif current.status == "idle" and request and request.strip() == current.last_request:
+            if todo == (await runner.view(thread_id)).last_request:
+                todo = None  # the interrupted run was this very request: it is done now
+        elif current.status == "idle" and todo and todo == current.last_request:
             view.emit({"type": "final", "text": str(current.values["messages"][-1].content)})
             if not view.as_json:
                 console.print(f"[yellow]thread {thread_id} already answered this request[/]")
-            request = None
-        if events is None and request and current.status != "interrupted":
-            events = runner.send(thread_id, request, ctx)
-    else:
-        if not request:
-            _fail("give a request, or --thread ID to continue a thread")
-        events = runner.send(None, request or "", ctx)
+            todo = None
+        elif current.status == "interrupted" and todo == current.last_request:
+            todo = None  # the same command again: answer the pending approvals of that request
     while True:
         pending = None
         if events is not None:
@@ -244,11 +241,14 @@ async def _chat(
                 if event["type"] == "approval":
                     pending = event
                 view.emit(event)
-        if thread_id is None:
-            return ""
-        state = await runner.view(thread_id)
-        if state.status != "interrupted":
-            return thread_id
+            events = None
+        state = await runner.view(thread_id) if thread_id else None
+        if state is None or state.status != "interrupted":
+            if todo:  # a new turn, once earlier approvals are answered
+                events, todo = runner.send(thread_id, todo, ctx), None
+                continue
+            return thread_id or ""
+        tid = state.thread_id
         request_value = state.interrupts[0]["value"][0]
         if pending is None:
             view.emit(
@@ -267,12 +267,15 @@ async def _chat(
         elif view.as_json or not sys.stdin.isatty():
             if not view.as_json:
                 console.print(
-                    f"approval pending: answer with mkt chat --thread {thread_id} (or --resume JSON, --auto-approve)"
+                    f"approval pending: answer with mkt chat --thread {tid} "
+                    "(or --resume JSON, --auto-approve)"
                 )
-            return thread_id
+            if todo:
+                err.print(f"[yellow]not sent yet[/] (answer the approval first): {todo}")
+            return tid
         else:
             answer = _ask_approval(request_value)
-        events = runner.resume(thread_id, answer, ctx)
+        events = runner.resume(tid, answer, ctx)
 
 
 @app.command()
@@ -332,6 +335,8 @@ def chat(
       mkt chat --thread <ID> "make the X post shorter"\n
       mkt chat --thread <ID>            # continue after Ctrl-C / a crash, or answer a pending approval
     """
+    if not thread and not (request or "").strip():
+        _fail("the request is empty: say what the team should do, or give --thread ID to continue")
     settings = apply_provider_override(provider)
     ctx = _build_context(brand, voice, audience, platform, banned, keyword, timezone, context_file)
     resume_value = None

@@ -85,3 +85,21 @@ def test_publish_due_marks_immediate_items_published() -> None:
     assert len(out["published_now"]) == 1
     again = json.loads(cli.invoke(app, ["outbox", "--json", "--publish-due"]).output)
     assert again["published_now"] == []
+
+
+def test_a_new_request_on_a_thread_waits_for_its_pending_approval() -> None:
+    first = cli.invoke(
+        app, ["chat", "--json", "Write an X post for our TerraRun shoe and publish it Tuesday 9am"]
+    )
+    tid = str(next(e["thread_id"] for e in events(first.output) if e["type"] == "run"))
+    second = cli.invoke(
+        app, ["chat", "--json", "--auto-approve", "--thread", tid, "now the same for LinkedIn"]
+    )
+    assert second.exit_code == 0, second.output
+    kinds = [e["type"] for e in events(second.output)]
+    # the pending approval is answered first, then the new turn runs
+    assert kinds.index("final") < kinds.index("plan")
+    plan = next(e for e in events(second.output) if e["type"] == "plan")
+    assert [s["id"] for s in plan["steps"]] == ["post-linkedin"]
+    items = json.loads(cli.invoke(app, ["outbox", "--json", "--thread", tid]).output)["items"]
+    assert [i["artifact_id"] for i in items] == ["post-x"]
