@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_REQUEST ?= Research what runners say about carbon-plated trail shoes, write a launch blog post and LinkedIn + X posts for our TerraRun shoe, and schedule them for Tuesday 9am.
 
-.PHONY: install demo test unit lint typecheck bench studio clean
+.PHONY: install demo test unit eval lint typecheck bench studio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,15 @@ test: install
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
+eval: install
+	$(BIN)/mkt eval --mode offline
+
 lint: install
 	$(BIN)/ruff check app graphs tools prompts evals bench tests
 	$(BIN)/ruff format --check app graphs tools prompts evals bench tests
 
 typecheck: install
-	$(BIN)/mypy app graphs tools
+	$(BIN)/mypy app graphs tools evals
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -440,6 +440,42 @@ def outbox(
     console.print(table)
 
 
+@app.command("eval")
+def eval_(
+    suite: Annotated[
+        str, typer.Option(help="routing | trajectory | content | retrieval | all")
+    ] = "all",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="auto | offline | live (auto: live when an OpenAI-compatible model is configured)"
+        ),
+    ] = "auto",
+    model: Annotated[
+        str | None, typer.Option(help="Model name for live runs (overrides MODEL_NAME).")
+    ] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Run every case N times.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Cases run in parallel.")] = 4,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Baseline file (default evals/baselines/<mode>.json).")
+    ] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="Write the baseline when all gates pass.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default eval-out/).")] = None,
+) -> None:
+    """Run the evaluation suites.
+
+    Exit 0 when every gate passes, 1 when a gate or a regression failed, 2 for a harness error.
+    """
+    from evals.runner import main as run_eval
+
+    if mode not in ("auto", "offline", "live"):
+        _fail(f"unknown mode {mode!r}; use auto, offline or live")
+    code = run_eval(suite, mode, model, repeat, concurrency, baseline, update_baseline, out)  # type: ignore[arg-type]
+    raise typer.Exit(code)
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Create or upgrade the checkpoint and app tables (needed once for Postgres)."""

@@ -31,7 +31,8 @@ _RESEARCH = (
     r"\binsights?\b",
 )
 _PUBLISH = (r"\bpublish\w*", r"\bschedul\w*", r"\bgo live\b", r"\bpost (them|it|these)\b")
-_CAMPAIGN = (r"\bcampaign\b", r"\blaunch\b")
+_CAMPAIGN = (r"\bcampaign\b",)
+_LAUNCH = (r"\blaunch\b",)
 _SOCIAL = (r"\bsocial\b", r"(?<!blog )\bposts?\b")
 _REVISE = (
     r"\bshorter\b",
@@ -53,6 +54,7 @@ _MARKETING = (
     *_RESEARCH,
     *_PUBLISH,
     *_CAMPAIGN,
+    *_LAUNCH,
     *_SOCIAL,
     r"\bmake (it|this|them)\b",
     r"\bmarketing\b",
@@ -131,7 +133,8 @@ def heuristic_plan(
     kinds = [k for k, pats in _KIND_WORDS.items() if _has(low, pats)]
     wants_research = _has(low, _RESEARCH)
     wants_publish = _has(low, _PUBLISH)
-    campaign = _has(low, _CAMPAIGN)
+    # "campaign" asks for the whole set; "launch" only when no single deliverable is named
+    campaign = _has(low, _CAMPAIGN) or (_has(low, _LAUNCH) and not platforms and not kinds)
     topic = extract_topic(text)
     when = publish_phrase(text) if wants_publish else None
 
@@ -207,9 +210,10 @@ def heuristic_plan(
             )
     else:
         if campaign and not kinds:
+            # a campaign without named pieces: a blog post plus posts on the first platforms
             kinds = ["blog"]
-        if campaign and not platforms and not kinds:
-            platforms = allowed[:2]
+            if not platforms:
+                platforms = allowed[:2]
         if _has(low, _SOCIAL) and not platforms and (campaign or kinds or topic):
             platforms = [p for p in ("linkedin", "x") if p in allowed] or allowed[:1]
         if not (wants_research or kinds or platforms):

@@ -229,7 +229,9 @@ async def test_review_retries_a_failed_step_once(runner: Runner) -> None:
     ]
     # a draft with banned terms is never kept as an artifact, so it can never be approved
     assert (await runner.view(tid)).values.get("artifacts", {}) == {}
-    assert "blog: contains banned terms" in str((await runner.view(tid)).values["messages"][-1].content)
+    assert "blog: contains banned terms" in str(
+        (await runner.view(tid)).values["messages"][-1].content
+    )
 
 
 async def test_degenerate_or_invalid_model_plans_fall_back_to_the_keyword_planner(

@@ -1,0 +1,58 @@
+"""Live-only LLM-as-judge evaluators (openevals `create_async_llm_as_judge`) for brand voice and
+relevance. Offline they are never built: the metrics are reported as skipped, never as passed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.settings import Settings
+
+BRAND_VOICE_PROMPT = """You grade marketing copy for how well it follows a brand's voice.
+<brand>
+{inputs}
+</brand>
+<copy>
+{outputs}
+</copy>
+Score 1.0 when the copy sounds exactly like the described voice and respects the audience, 0.0
+when it clearly contradicts it (e.g. hype for a no-hype brand)."""
+
+RELEVANCE_PROMPT = """You grade marketing copy for relevance to the request it was written for.
+<request>
+{inputs}
+</request>
+<copy>
+{outputs}
+</copy>
+Score 1.0 when the copy is about the requested product and fulfils the request, 0.0 when it is
+off-topic or generic."""
+
+
+def build_judges(settings: Settings, judge_model: str = "") -> dict[str, Any]:
+    """{'brand_voice': evaluator, 'relevance': evaluator} using the configured OpenAI-compatible
+    model (the `judge_model` setting, else MODEL_NAME)."""
+    from langchain_openai import ChatOpenAI
+    from openevals.llm import create_async_llm_as_judge
+
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+    model = ChatOpenAI(
+        model=judge_model or settings.model_name,
+        base_url=settings.openai_base_url,
+        api_key=key,
+        temperature=0,
+        timeout=settings.model_timeout_s,
+        max_retries=settings.model_max_retries,
+    )
+    return {
+        "brand_voice": create_async_llm_as_judge(
+            prompt=BRAND_VOICE_PROMPT, judge=model, continuous=True, feedback_key="brand_voice"
+        ),
+        "relevance": create_async_llm_as_judge(
+            prompt=RELEVANCE_PROMPT, judge=model, continuous=True, feedback_key="relevance"
+        ),
+    }
+
+
+async def judge_score(evaluator: Any, inputs: str, outputs: str) -> float:
+    result = await evaluator(inputs=inputs, outputs=outputs)
+    return float(result["score"])
