@@ -172,6 +172,13 @@ class ModelFactory:
     def _candidates(self, agent: str, overrides: Mapping[str, str] | None) -> list[BaseChatModel]:
         return [self._model(n) for n in self._chain_names(agent, overrides)]
 
+    def judge(self, model_name: str = "") -> BaseChatModel:
+        """A model for grading (evals): `model_name` on OpenAI-compatible providers, else the
+        provider's one model; temperature is the configured one (graders should set their own)."""
+        if self.provider == "openai" and model_name:
+            return self._model(model_name)
+        return self._model(self.model_name("supervisor"))
+
     def chat(self, agent: str, overrides: Mapping[str, str] | None = None) -> Runnable[Any, Any]:
         """A chat model for `agent` with the configured fallbacks."""
         first, *rest = self._candidates(agent, overrides)

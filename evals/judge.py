@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.settings import Settings
+from app.models import ModelFactory
 
 BRAND_VOICE_PROMPT = """You grade marketing copy for how well it follows a brand's voice.
 <brand>
@@ -28,21 +28,12 @@ Score 1.0 when the copy is about the requested product and fulfils the request, 
 off-topic or generic."""
 
 
-def build_judges(settings: Settings, judge_model: str = "") -> dict[str, Any]:
-    """{'brand_voice': evaluator, 'relevance': evaluator} using the configured OpenAI-compatible
-    model (the `judge_model` setting, else MODEL_NAME)."""
-    from langchain_openai import ChatOpenAI
+def build_judges(factory: ModelFactory, judge_model: str = "") -> dict[str, Any]:
+    """{'brand_voice': evaluator, 'relevance': evaluator} on the app's model factory (the same
+    provider as the run: OpenAI-compatible or the local server), `judge_model` if set."""
     from openevals.llm import create_async_llm_as_judge
 
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-    model = ChatOpenAI(
-        model=judge_model or settings.model_name,
-        base_url=settings.openai_base_url,
-        api_key=key,
-        temperature=0,
-        timeout=settings.model_timeout_s,
-        max_retries=settings.model_max_retries,
-    )
+    model = factory.judge(judge_model)
     return {
         "brand_voice": create_async_llm_as_judge(
             prompt=BRAND_VOICE_PROMPT, judge=model, continuous=True, feedback_key="brand_voice"

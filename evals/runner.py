@@ -271,7 +271,7 @@ async def run_evals(
             if mode == "live" and "content" in names:
                 from evals.judge import build_judges
 
-                judges = build_judges(settings, cfg.judge_model)
+                judges = build_judges(runner.factory, cfg.judge_model)
             env = SuiteEnv(runner, cfg, judges, knowledge_base)
             progress = (
                 Progress(
