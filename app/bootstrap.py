@@ -22,14 +22,20 @@ def apply_provider_override(provider: str | None) -> Settings:
 
 @asynccontextmanager
 async def open_runner(
-    settings: Settings | None = None, *, migrate: bool = False
+    settings: Settings | None = None,
+    *,
+    migrate: bool = False,
+    factory: ModelFactory | None = None,
+    runner_cls: type[Runner] = Runner,
 ) -> AsyncIterator[Runner]:
+    """Install the model factory and open storage for one process (or one eval run); a test may
+    pass its own factory or Runner class."""
     s = settings or get_settings()
-    factory = ModelFactory(s)
+    factory = factory or ModelFactory(s)
     previous = set_model_factory(factory)
     try:
         async with open_storage(s, migrate=migrate) as storage:
-            runner = Runner(storage, factory)
+            runner = runner_cls(storage, factory)
             try:
                 yield runner
             finally:

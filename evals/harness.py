@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.models import ModelFactory, set_model_factory
+from app.bootstrap import open_runner
+from app.models import ModelFactory
 from app.runner import Runner
 from app.settings import Settings
-from app.storage import open_storage, set_active_db
 from evals.capture import start_recording
 from evals.datasets import Decision, Turn
 from graphs.publishing import pending_platform
@@ -31,19 +31,9 @@ async def open_eval_runner(
     factory: ModelFactory | None = None,
     runner_cls: type[Runner] = Runner,
 ) -> AsyncIterator[Runner]:
-    """Like `app.bootstrap.open_runner`, but a test may pass its own factory or Runner class."""
-    factory = factory or ModelFactory(settings)
-    previous = set_model_factory(factory)
-    try:
-        async with open_storage(settings, migrate=True) as storage:
-            runner = runner_cls(storage, factory)
-            try:
-                yield runner
-            finally:
-                set_active_db(None)
-    finally:
-        factory.close()
-        set_model_factory(previous)
+    """`app.bootstrap.open_runner` on a migrated store, with optional test doubles."""
+    async with open_runner(settings, migrate=True, factory=factory, runner_cls=runner_cls) as r:
+        yield r
 
 
 @dataclass
