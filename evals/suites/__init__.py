@@ -33,6 +33,21 @@ class Suite(Protocol):
     ) -> tuple[dict[str, float], dict[str, str]]: ...
 
 
+class DatasetSuite:
+    """Base for suites whose cases are the JSONL file `datasets/<name>.jsonl` of `case_type`."""
+
+    name: str = ""
+    case_type: type[Any]
+
+    def load(self) -> list[Any]:
+        from evals.datasets import dataset
+
+        return list(dataset(self.name, self.case_type))
+
+    def skip_reason(self, env: SuiteEnv) -> str | None:
+        return None
+
+
 def all_suites() -> dict[str, Suite]:
     from evals.suites.content import ContentSuite
     from evals.suites.retrieval import RetrievalSuite

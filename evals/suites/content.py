@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from evals.datasets import ContentCase, Turn, dataset
+from evals.datasets import ContentCase, Turn
 from evals.harness import run_conversation, trajectory_of
 from evals.judge import judge_score
 from evals.metrics import mean, ratio
-from evals.suites import SuiteEnv
+from evals.suites import DatasetSuite, SuiteEnv
 from evals.types import CaseResult
 from tools.platforms import check_post
 from tools.scoring import find_terms, score_content
@@ -28,14 +28,9 @@ def _wanted(art: dict[str, Any], case: ContentCase) -> bool:
     return art.get("kind") == (case.kind or "blog")
 
 
-class ContentSuite:
+class ContentSuite(DatasetSuite):
     name = "content"
-
-    def load(self) -> list[Any]:
-        return list(dataset("content", ContentCase))
-
-    def skip_reason(self, env: SuiteEnv) -> str | None:
-        return None
+    case_type = ContentCase
 
     async def run_case(self, case: ContentCase, env: SuiteEnv) -> CaseResult:
         context: dict[str, Any] = {

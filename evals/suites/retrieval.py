@@ -9,7 +9,7 @@ from typing import Any
 
 from evals.datasets import RetrievalCase, RetrievalDoc, dataset
 from evals.metrics import mean, recall_at_k, reciprocal_rank
-from evals.suites import SuiteEnv
+from evals.suites import DatasetSuite, SuiteEnv
 from evals.types import CaseResult
 from tools.knowledge import EmptyKnowledgeBase, KnowledgeBase, get_knowledge_base
 
@@ -34,14 +34,12 @@ def _kb(env: SuiteEnv) -> KnowledgeBase:
     return env.knowledge_base if env.knowledge_base is not None else get_knowledge_base()
 
 
-class RetrievalSuite:
+class RetrievalSuite(DatasetSuite):
     name = "retrieval"
+    case_type = RetrievalCase
 
     def __init__(self) -> None:
         self._seeded: set[int] = set()
-
-    def load(self) -> list[Any]:
-        return list(dataset("retrieval", RetrievalCase))
 
     def skip_reason(self, env: SuiteEnv) -> str | None:
         kb = _kb(env)

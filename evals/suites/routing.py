@@ -5,25 +5,18 @@ clarification and decline accuracy over the cases that expect them."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from evals.datasets import RoutingCase, Turn, dataset
+from evals.datasets import RoutingCase, Turn
 from evals.harness import agents_run, run_conversation, trajectory_of
 from evals.metrics import mean, ratio, set_f1
-from evals.suites import SuiteEnv
+from evals.suites import DatasetSuite, SuiteEnv
 from evals.types import CaseResult
 
 AGENT_TOKENS = {"research", "content", "social", "publishing"}
 
 
-class RoutingSuite:
+class RoutingSuite(DatasetSuite):
     name = "routing"
-
-    def load(self) -> list[Any]:
-        return list(dataset("routing", RoutingCase))
-
-    def skip_reason(self, env: SuiteEnv) -> str | None:
-        return None
+    case_type = RoutingCase
 
     async def run_case(self, case: RoutingCase, env: SuiteEnv) -> CaseResult:
         turns = [Turn(request=r) for r in [*case.history, case.request]]

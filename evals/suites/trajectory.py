@@ -13,10 +13,10 @@ from typing import Any
 
 from agentevals.trajectory.match import create_trajectory_match_evaluator
 
-from evals.datasets import TrajectoryCase, dataset
+from evals.datasets import TrajectoryCase
 from evals.harness import agents_run, run_conversation, trajectory_of
 from evals.metrics import ratio
-from evals.suites import SuiteEnv
+from evals.suites import DatasetSuite, SuiteEnv
 from evals.types import CaseResult
 
 
@@ -48,14 +48,9 @@ def trajectory_matches(actual: list[list[str]], reference: list[list[str]], mode
     return bool(result["score"])
 
 
-class TrajectorySuite:
+class TrajectorySuite(DatasetSuite):
     name = "trajectory"
-
-    def load(self) -> list[Any]:
-        return list(dataset("trajectory", TrajectoryCase))
-
-    def skip_reason(self, env: SuiteEnv) -> str | None:
-        return None
+    case_type = TrajectoryCase
 
     async def run_case(self, case: TrajectoryCase, env: SuiteEnv) -> CaseResult:
         tr = await run_conversation(env.runner, case.turns, case.context)
