@@ -21,6 +21,8 @@ a small ASGI shim that closes the gaps between llama-cpp-python 0.3.x and the Op
   the content is sent as "".
 - the `chatml-function-calling` template is rendered with HTML autoescaping (the model would see
   `&lt;task&gt;` and echo it back): prompts are rendered verbatim.
+- `response_format: json_schema` (OpenAI structured outputs) is rejected with HTTP 500: it is sent
+  as llama.cpp's `json_object` mode constrained by the same schema.
 - `interrupt_requests` is off: llama.cpp otherwise cuts a streaming answer short as soon as
   another request queues up, and the supervisor runs independent steps in parallel.
 
@@ -292,6 +294,12 @@ def rewrite_chat_request(payload: dict[str, Any], default_max_tokens: int) -> di
             {**m, "content": ""} if isinstance(m, dict) and m.get("content") is None else m
             for m in messages
         ]
+    fmt = out.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        # OpenAI's structured outputs (what `with_structured_output` sends by default, e.g. the
+        # openevals judges) -> llama.cpp's grammar-constrained JSON mode with the same schema
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        out["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
     tools = out.get("tools") or []
     if tools and out.get("tool_choice") in ("required", "any"):
         out["tool_choice"] = {
