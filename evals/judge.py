@@ -44,6 +44,13 @@ def build_judges(factory: ModelFactory, judge_model: str = "") -> dict[str, Any]
     }
 
 
+class JudgeOutputError(ValueError):
+    """The judge's score is not a number in [0, 1]."""
+
+
 async def judge_score(evaluator: Any, inputs: str, outputs: str) -> float:
     result = await evaluator(inputs=inputs, outputs=outputs)
-    return float(result["score"])
+    score = float(result["score"])
+    if not 0.0 <= score <= 1.0:  # a weak judge model ignoring the scale is an error, not a grade
+        raise JudgeOutputError(f"judge returned {score:g}, outside [0, 1]")
+    return score

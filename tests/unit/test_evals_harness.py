@@ -272,3 +272,19 @@ def test_bad_dataset_is_a_harness_error(tmp_path: Path) -> None:
     bad.write_text('{"id": "x", "request": "hi"}\n')
     with pytest.raises(HarnessError, match=r"bad.jsonl:1"):
         load_jsonl(bad, RoutingCase)
+
+
+async def test_a_judge_score_outside_the_scale_is_an_error_not_a_grade() -> None:
+    import pytest
+
+    from evals.judge import JudgeOutputError, judge_score
+
+    async def wild(*, inputs: str, outputs: str) -> dict[str, float]:
+        return {"score": 2.9}
+
+    async def fine(*, inputs: str, outputs: str) -> dict[str, float]:
+        return {"score": 0.8}
+
+    with pytest.raises(JudgeOutputError, match="outside"):
+        await judge_score(wild, "brand", "copy")
+    assert await judge_score(fine, "brand", "copy") == 0.8
