@@ -261,6 +261,8 @@ async def run_evals(
     names = _selected(opts.suite)
     registry = all_suites()
     baseline_path = opts.baseline or BASELINE_DIR / f"{mode}.json"
+    if opts.baseline is not None and not opts.update_baseline and not opts.baseline.exists():
+        raise HarnessError(f"baseline file {opts.baseline} does not exist")
     baseline = None if opts.update_baseline else load_baseline(baseline_path)
     console = console or Console(stderr=True, highlight=False)
     with _offline_env(mode), tempfile.TemporaryDirectory(prefix="mkt-evals-") as tmp:

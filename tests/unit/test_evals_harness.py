@@ -288,3 +288,13 @@ async def test_a_judge_score_outside_the_scale_is_an_error_not_a_grade() -> None
     with pytest.raises(JudgeOutputError, match="outside"):
         await judge_score(wild, "brand", "copy")
     assert await judge_score(fine, "brand", "copy") == 0.8
+
+
+def test_bad_arguments_are_harness_errors_with_exit_code_2(tmp_path: Path) -> None:
+    from evals.runner import main
+
+    assert main("bogus", "offline", None, 1, 1, None, False, tmp_path / "o") == 2
+    assert (
+        main("routing", "offline", None, 1, 1, tmp_path / "missing.json", False, tmp_path / "o")
+        == 2
+    )
