@@ -1,0 +1,46 @@
+"""Who is calling: API keys, roles and tenants.
+
+INTERFACE (stable, used by every route):
+- `Principal(tenant, role, key_id)`; `principal.allows("editor")`.
+- `require("viewer" | "editor" | "admin")` -> a FastAPI dependency returning the `Principal`,
+  403 when the role is too low, 401 when a key is required and missing/unknown.
+
+Until keys are implemented this module runs in open mode: every caller is the admin of tenant
+`default` (the server only allows open mode on loopback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import Depends, HTTPException, Request
+
+Role = Literal["viewer", "editor", "admin"]
+ROLE_RANK: dict[str, int] = {"viewer": 0, "editor": 1, "admin": 2}
+OPEN_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    role: Role
+    key_id: str | None  # None in open mode (no keys configured)
+
+    def allows(self, role: Role) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller. Open mode for now (see module docstring)."""
+    return Principal(tenant=OPEN_TENANT, role="admin", key_id=None)
+
+
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+        if not principal.allows(role):
+            raise HTTPException(403, f"this API key's role is {principal.role}; {role} is needed")
+        return principal
+
+    return dependency
