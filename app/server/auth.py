@@ -5,6 +5,11 @@ INTERFACE (stable, used by every route):
 - `require("viewer" | "editor" | "admin")` -> a FastAPI dependency returning the `Principal`,
   403 when the role is too low, 401 when a key is required and missing/unknown.
 
+- `await startup_check(db, host)` -> a line for the start-up log, or raises `InsecureBindError`
+  when no keys exist and `host` is not loopback (called by `create_app`'s lifespan / `mkt serve`).
+
+Routes reach the app database as `request.app.state.db` (an `app.db.AppDB`, set by `create_app`).
+
 Until keys are implemented this module runs in open mode: every caller is the admin of tenant
 `default` (the server only allows open mode on loopback).
 """
@@ -35,6 +40,15 @@ class Principal:
 async def current_principal(request: Request) -> Principal:
     """The caller. Open mode for now (see module docstring)."""
     return Principal(tenant=OPEN_TENANT, role="admin", key_id=None)
+
+
+class InsecureBindError(RuntimeError):
+    """Refusing to serve without API keys on a non-loopback address."""
+
+
+async def startup_check(db: object, host: str) -> str:
+    """Open mode for now; the keys implementation checks the key table and the bind address."""
+    return "auth: open mode (no API keys configured) - every caller is admin of tenant 'default'"
 
 
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
