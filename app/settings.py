@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Ordered fallback model names (comma separated), tried with with_fallbacks.",
     )
+    scripted_latency_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=600_000,
+        description="Simulated latency per scripted-model call (load tests).",
+    )
     model_temperature: float = 0.3
     model_timeout_s: float = 120.0
     model_max_retries: int = 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 
@@ -52,7 +52,7 @@ async def startup_check(db: object, host: str) -> str:
 
 
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.allows(role):
             raise HTTPException(403, f"this API key's role is {principal.role}; {role} is needed")
         return principal
