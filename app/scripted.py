@@ -9,6 +9,7 @@ assert on exactly what a model received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -26,6 +27,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from app.faults import scripted_delay_s
 
 SCRIPTED_MODEL_NAME = "scripted"
 SCRIPTED_CALLS: list[dict[str, Any]] = []
@@ -265,6 +268,18 @@ class ScriptedChatModel(BaseChatModel):
         msg = self._respond(messages, kwargs.get("tools"))
         yield from self._chunks(msg, run_manager)
 
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if delay := scripted_delay_s():
+            await asyncio.sleep(delay)
+        msg = self._respond(messages, kwargs.get("tools"))
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
     async def _astream(
         self,
         messages: list[BaseMessage],
@@ -272,6 +287,8 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        if delay := scripted_delay_s():
+            await asyncio.sleep(delay)
         msg = self._respond(messages, kwargs.get("tools"))
         for chunk in self._chunks(msg, None):
             if run_manager is not None:

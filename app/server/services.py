@@ -115,22 +115,13 @@ async def create_run(
         raise not_found("assistant", body.assistant_id)
     graph = svc.registry.graph(graph_id)
     db = svc.db
-    if thread_id is None:
-        thread_id = str(uuid.uuid4())
-        await db.create_thread(
-            thread_id,
-            tenant=principal.tenant,
-            metadata={"graph_id": graph_id, "stateless": True},
-            graph_id=graph_id,
-        )
-    elif await db.get_thread(thread_id, principal.tenant) is None:
+    stateless = thread_id is None  # a new thread of its own
+    create_thread = stateless
+    thread_id = thread_id or str(uuid.uuid4())
+    if not create_thread and await db.get_thread(thread_id, principal.tenant) is None:
         if body.if_not_exists != "create":
             raise not_found("thread", thread_id)
-        _, created = await db.create_thread(
-            thread_id, tenant=principal.tenant, metadata={"graph_id": graph_id}, graph_id=graph_id
-        )
-        if not created:
-            raise HTTPException(409, f"thread id {thread_id!r} is taken: choose another")
+        create_thread = True
 
     view = await svc.runner.view(thread_id, graph)
     ctx: MarketingContext | None = None
@@ -167,6 +158,15 @@ async def create_run(
         or (body.checkpoint.checkpoint_id if body.checkpoint else None),
         "on_disconnect": body.on_disconnect,
     }
+    if create_thread:  # only once the request is valid: bad input leaves nothing behind
+        metadata: dict[str, Any] = {"graph_id": graph_id}
+        if stateless:
+            metadata["stateless"] = True
+        _, created = await db.create_thread(
+            thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
+        )
+        if not created:
+            raise HTTPException(409, f"thread id {thread_id!r} is taken: choose another")
     if ctx is not None and body.context:
         await db.update_thread(thread_id, context=ctx.model_dump())  # later runs reuse it
     try:

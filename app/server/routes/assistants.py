@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException
 from langgraph.pregel import Pregel
 from pydantic import create_model
+from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
 from app.server.auth import Principal, require
 from app.server.schemas import AssistantCount, AssistantSearch
@@ -14,6 +17,7 @@ from app.server.serde import jsonable
 from app.server.services import Services, Svc, not_found
 
 router = APIRouter(tags=["assistants"])
+log = logging.getLogger("mkt.server")
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 
 
@@ -96,15 +100,23 @@ def _state_schema(g: Pregel) -> dict[str, Any]:
     return create_model(g.get_name("State"), **fields).model_json_schema()
 
 
+def _schema(make: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any] | None:
+    try:
+        return make()
+    except (PydanticUserError, PydanticSchemaGenerationError, TypeError, ValueError) as exc:
+        log.warning("no %s schema: %s", what, exc)  # shown as null, never a 500
+        return None
+
+
 def schemas_of(g: Pregel, graph_id: str) -> dict[str, Any]:
     return jsonable(
         {
             "graph_id": graph_id,
-            "input_schema": g.get_input_jsonschema(),
-            "output_schema": g.get_output_jsonschema(),
-            "state_schema": _state_schema(g),
+            "input_schema": _schema(g.get_input_jsonschema, "input"),
+            "output_schema": _schema(g.get_output_jsonschema, "output"),
+            "state_schema": _schema(lambda: _state_schema(g), "state"),
             "config_schema": None,
-            "context_schema": g.get_context_jsonschema(),
+            "context_schema": _schema(g.get_context_jsonschema, "context"),
         }
     )
 

@@ -28,7 +28,7 @@ def _modes_param(value: str | list[str] | None) -> set[str] | None:
         return None
     items = value if isinstance(value, list) else [value]
     modes: set[str] = set()
-    for item in items:
+    for item in filter(None, (i.strip() for i in items)):  # the SDK sends `stream_mode=` for none
         if item.startswith("["):
             try:
                 parsed = json.loads(item)
