@@ -128,21 +128,25 @@ async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
     assert again["attempt"] == 2 and again["lease_owner"] == "w2"
 
 
-def test_a_dead_process_on_this_host_is_recognised() -> None:
+def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert owner_is_dead(f"{HOST}:{proc.pid}:abcd")
+    return proc.pid
+
+
+def test_a_dead_process_on_this_host_is_recognised() -> None:
+    pid = dead_pid()
+    assert owner_is_dead(f"{HOST}:{pid}:abcd")
     assert not owner_is_dead(new_owner())  # ourselves
-    assert not owner_is_dead(f"elsewhere:{proc.pid}:abcd")  # another host: only the lease tells
+    assert not owner_is_dead(f"elsewhere:{pid}:abcd")  # another host: only the lease tells
     assert not owner_is_dead(None)
-    assert os.getpid() != proc.pid
+    assert os.getpid() != pid
 
 
 async def test_cli_run_takes_over_a_dead_process_but_not_a_live_one(db: AppDB) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
+    pid = await asyncio.to_thread(dead_pid)
     await db.touch_thread("t", status="busy")
-    await db.start_run_now("dead", "t", "p", f"{HOST}:{proc.pid}:x", lease_until(300))
+    await db.start_run_now("dead", "t", "p", f"{HOST}:{pid}:x", lease_until(300))
     await start_run_with_lease(db, "mine", "t", "p", new_owner(), 30)
     dead = await db.get_run("dead")
     assert (
