@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from app.bootstrap import open_runner
 from app.errors import AppError
-from app.server.auth import startup_check
+from app.server.auth import InsecureBindError, startup_check
 from app.server.executor import Executor
 from app.server.registry import Registry
 from app.server.routes import assistants, chat, meta, runs, threads
@@ -38,7 +38,11 @@ def create_app(settings: Settings | None = None, *, host: str = "127.0.0.1") -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runner(s) as runner:
             app.state.db = runner.storage.db
-            _say(await startup_check(runner.storage.db, host))  # InsecureBindError: refuse
+            try:
+                _say(await startup_check(runner.storage.db, host))
+            except InsecureBindError as exc:
+                _say(f"refusing to start: {exc}")
+                raise
             await asyncio.to_thread(runner.factory.ensure_ready)
             registry = Registry.load(runner.storage.checkpointer, s.langgraph_config)
             executor = Executor(runner, registry, s)

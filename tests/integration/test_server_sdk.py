@@ -160,7 +160,8 @@ async def test_sdk_assistants_and_studio_calls(server: Server) -> None:
         "social",
         "publishing",
     }
-    info = httpx.get(f"{server.url}/info").json()
+    async with httpx.AsyncClient(base_url=server.url) as h:
+        info = (await h.get("/info")).json()
     assert info["provider"] == "scripted" and info["storage"].startswith("postgres")
 
 

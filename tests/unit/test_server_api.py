@@ -4,6 +4,7 @@ the graph registry agreeing with langgraph.json, and one real run through the ba
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -343,3 +344,41 @@ async def test_chat_endpoint_refuses_bad_input_without_side_effects(api: Any) ->
     assert r.status_code == 404
     r = await client.post("/chat", json={"message": "hi", "context": {"timezone": "Mars/Base"}})
     assert r.status_code == 422 and "timezone" in r.json()["detail"]
+
+
+async def test_shutdown_releases_unfinished_runs_to_the_queue(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run still going when the grace period ends goes back to `pending` (no owner, no lease)
+    and its thread stays `busy` until the next server resumes it."""
+    monkeypatch.setenv("MKT_SCRIPTED_DELAY_S", "0.5")
+    app = create_app(settings.model_copy(update={"shutdown_grace_s": 0.1}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/threads", json={"thread_id": "t-long"})
+            run = (
+                await client.post(
+                    "/threads/t-long/runs",
+                    json={
+                        "assistant_id": "supervisor",
+                        "input": {"messages": ["Write a blog post"]},
+                    },
+                )
+            ).json()
+            svc = app.state.services
+            for _ in range(100):
+                if (await svc.db.get_run(run["run_id"]))["status"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+    from app.db import open_sqlite_db
+
+    db, conn = await open_sqlite_db(settings.sqlite_path)
+    try:
+        row = await db.get_run(run["run_id"])
+        assert row is not None
+        assert row["status"] == "pending" and row["lease_owner"] is None and row["attempt"] == 1
+        thread = await db.get_thread("t-long")
+        assert thread is not None and thread["status"] == "busy"
+    finally:
+        await conn.close()
