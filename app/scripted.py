@@ -277,8 +277,8 @@ class ScriptedChatModel(BaseChatModel):
     ) -> ChatResult:
         if delay := scripted_delay_s():
             await asyncio.sleep(delay)
-        msg = self._respond(messages, kwargs.get("tools"))
-        return ChatResult(generations=[ChatGeneration(message=msg)])
+        # the default runs `_generate` in a worker thread: the heuristics (dateparser) block
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
 
     async def _astream(
         self,
