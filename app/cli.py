@@ -476,6 +476,36 @@ def eval_(
     raise typer.Exit(code)
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Bind address. Without API keys only loopback is allowed.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 2024,
+    provider: ProviderOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the agents over HTTP: the LangGraph Server API (use `langgraph-sdk` or LangGraph
+    Studio) and a plain SSE chat endpoint. Graphs come from langgraph.json.
+
+    Examples:\n
+      mkt serve                      # http://127.0.0.1:2024, docs at /docs\n
+      DATABASE_URL=postgresql://... mkt db migrate && mkt serve --port 8123
+    """
+    import uvicorn
+
+    from app.server.app import create_app
+
+    settings = apply_provider_override(provider)
+    uvicorn.run(
+        create_app(settings, host=host),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Create or upgrade the checkpoint and app tables (needed once for Postgres)."""

@@ -29,6 +29,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+
 SCRIPTED_MODEL_NAME = "scripted"
 SCRIPTED_CALLS: list[dict[str, Any]] = []
 _MAX_LOG = 2000
@@ -262,18 +263,6 @@ class ScriptedChatModel(BaseChatModel):
         msg = self._respond(messages, kwargs.get("tools"))
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        msg = self._respond(messages, kwargs.get("tools"))
-        return ChatResult(generations=[ChatGeneration(message=msg)])
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -286,6 +275,19 @@ class ScriptedChatModel(BaseChatModel):
         msg = self._respond(messages, kwargs.get("tools"))
         yield from self._chunks(msg, run_manager)
 
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        # in a worker thread: the heuristics (dateparser) block, and `langgraph dev` forbids that
+        msg = await asyncio.to_thread(self._respond, messages, kwargs.get("tools"))
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
     async def _astream(
         self,
         messages: list[BaseMessage],
@@ -295,7 +297,7 @@ class ScriptedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        msg = self._respond(messages, kwargs.get("tools"))
+        msg = await asyncio.to_thread(self._respond, messages, kwargs.get("tools"))
         for chunk in self._chunks(msg, None):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)

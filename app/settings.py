@@ -67,6 +67,38 @@ class Settings(BaseSettings):
     )
     db_pool_max_size: int = 10
 
+    # --- runs and the HTTP server (`mkt serve`) -----------------------------------------------------
+    run_lease_s: float = Field(
+        30.0, gt=1, description="A running run's lease; its worker renews it every third of this."
+    )
+    run_max_attempts: int = Field(
+        3, ge=1, description="Attempts before a run whose workers keep dying is marked error."
+    )
+    run_sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often a server looks for runs whose lease expired."
+    )
+    run_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often a worker polls the queue for runs created elsewhere."
+    )
+    worker_concurrency: int = Field(8, ge=1, description="Runs one server executes at once.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On shutdown, how long active runs may take to finish."
+    )
+    sse_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="Heartbeat comments on idle SSE streams (keep under proxy timeouts).",
+    )
+    sse_send_timeout_s: float = Field(
+        30.0, gt=0, description="Give up on a client that stops reading."
+    )
+    event_retention_hours: float = Field(
+        168.0, gt=0, description="Event logs of runs that ended longer ago than this are deleted."
+    )
+    langgraph_config: Path | None = Field(
+        None, description="langgraph.json listing the served graphs (default: the repository's)."
+    )
+
     # --- tools --------------------------------------------------------------------------------
     tavily_api_key: SecretStr | None = None
 
