@@ -29,7 +29,6 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-
 SCRIPTED_MODEL_NAME = "scripted"
 SCRIPTED_CALLS: list[dict[str, Any]] = []
 _MAX_LOG = 2000
