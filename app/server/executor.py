@@ -27,7 +27,7 @@ from app.db import utcnow
 from app.leases import is_stale, keep_lease, lease_until, new_owner
 from app.runner import RECURSION_LIMIT, Runner, _usage_delta
 from app.server import metrics
-from app.server.events import EventLog, RunSignals
+from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
 from app.settings import Settings
 from graphs.context import MarketingContext
@@ -318,9 +318,10 @@ class Executor:
                 **config["configurable"],
                 "checkpoint_id": kw["checkpoint_id"],
             }
-        await self.events.append(
-            run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
-        )
+        if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
+            await self.events.append(
+                run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
+            )
         requested = set(kw.get("stream_mode") or ["values"])
         subgraphs = bool(kw.get("stream_subgraphs"))
         modes = {m for m in requested if m not in ("messages-tuple",)}
@@ -333,27 +334,30 @@ class Executor:
             stream_config,
             context=ctx,
             stream_mode=sorted(modes),
-            subgraphs=True,
+            subgraphs=subgraphs,  # subgraph chunks cost time: only when the client wants them
             interrupt_before=kw.get("interrupt_before"),
             interrupt_after=kw.get("interrupt_after"),
             durability=kw.get("durability") or "sync",
         )
-        async for ns, mode, chunk in stream:
-            if ns and not subgraphs:
-                continue
-            name = event_name(mode, ns, subgraphs)
-            if mode == "updates" and "updates" not in requested:
-                if isinstance(chunk, dict) and chunk.get("__interrupt__"):
-                    await self.events.append(run_id, [(event_name("values", ns, subgraphs), chunk)])
-                continue
-            if (
-                mode == "values"
-                and isinstance(chunk, dict)
-                and "__interrupt__" in chunk
-                and "updates" not in requested
-            ):
-                continue  # already sent from the updates stream above
-            await self.events.append(run_id, [(name, chunk)])
+        batcher = EventBatcher(self.events, run_id)
+        try:
+            async for part in stream:
+                ns, mode, chunk = part if subgraphs else ((), *part)
+                name = event_name(mode, ns, subgraphs)
+                if mode == "updates" and "updates" not in requested:
+                    if isinstance(chunk, dict) and chunk.get("__interrupt__"):
+                        await batcher.add(event_name("values", ns, subgraphs), chunk)
+                    continue
+                if (
+                    mode == "values"
+                    and isinstance(chunk, dict)
+                    and "__interrupt__" in chunk
+                    and "updates" not in requested
+                ):
+                    continue  # already sent from the updates stream above
+                await batcher.add(name, chunk)
+        finally:
+            await batcher.drain()  # every event is stored before the run's status changes
         after = await graph.aget_state(config)
         usage = _usage_delta(
             (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}

@@ -184,6 +184,10 @@ async def create_run(
         )
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
+    # the first event (the SDK learns the run id from it) is stored now, not when a worker starts
+    await svc.executor.events.append(
+        run["run_id"], [("metadata", {"run_id": run["run_id"], "attempt": 1})]
+    )
     if body.multitask_strategy in ("interrupt", "rollback"):
         for other in active:
             await svc.executor.cancel(other, body.multitask_strategy)
