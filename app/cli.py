@@ -553,7 +553,8 @@ def keys_list(
     if not keys:
         console.print(
             "no API keys: the server runs open (loopback only). Create one with "
-            "mkt keys create --role admin --tenant NAME"
+            "mkt keys create --role admin --tenant NAME",
+            soft_wrap=True,
         )
         return
     table = Table("key id", "name", "role", "tenant", "created (UTC)", "last used", "revoked")
