@@ -19,7 +19,7 @@ leaks into the exposition:
 | `mkt_tokens_total` | counter | `agent`, `direction` (input, output) |
 | `mkt_cost_usd_total` | counter | `agent` |
 | `mkt_rate_limited_total` | counter | |
-| `mkt_auth_failures_total` | counter | `reason` (missing, unknown, revoked, remote_open_mode) |
+| `mkt_auth_failures_total` | counter | `reason` (missing, unknown, revoked, no_keys) |
 """
 
 from __future__ import annotations

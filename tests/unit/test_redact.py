@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_registered_values_are_masked_whatever_their_format() -> None:
 
 def test_redact_obj_masks_sensitive_keys_and_strings() -> None:
     _, token = new_token()
-    event = {
+    event: dict[str, Any] = {
         "headers": {"Authorization": "Bearer abc", "x-api-key": token, "accept": "*/*"},
         "config": {"configurable": {"openai_api_key": "sk-whatever-0123456789abcdef"}},
         "messages": [f"my key is {token}", 3, None],
