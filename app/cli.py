@@ -584,6 +584,9 @@ def keys_revoke(
 
 
 def main() -> None:
+    from app.redact import install_log_redaction
+
+    install_log_redaction()  # credential patterns in every log record (the server adds its keys)
     app()
 
 
