@@ -23,6 +23,7 @@ instead of turning open.
 from __future__ import annotations
 
 import ipaddress
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -80,13 +81,19 @@ class InsecureBindError(RuntimeError):
 class KeyAuthenticator:
     """Key lookups against one app database, cached briefly in process."""
 
-    def __init__(self, db: AppDB, ttl_s: float = 2.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        db: AppDB,
+        ttl_s: float = 2.0,
+        max_entries: int = 10_000,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.ttl_s = ttl_s
         # token hash -> ApiKey | None (unknown keys are cached too: a flood of one bad key
         # costs one lookup per TTL)
-        self._keys: TTLCache[str, ApiKey | None] = TTLCache(max_entries, ttl_s)
-        self._active: TTLCache[str, int] = TTLCache(1, ttl_s)
+        self._keys: TTLCache[str, ApiKey | None] = TTLCache(max_entries, ttl_s, timer=timer)
+        self._active: TTLCache[str, int] = TTLCache(1, ttl_s, timer=timer)
 
     async def active_key_count(self) -> int:
         count = self._active.get("n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from app import apikeys
 from app.db import AppDB, open_sqlite_db
 from app.server import metrics
-from app.server.auth import InsecureBindError, is_loopback_host, startup_check
+from app.server.auth import InsecureBindError, KeyAuthenticator, is_loopback_host, startup_check
 from app.settings import Settings
 from tests.security_app import build_app
 
@@ -149,13 +148,17 @@ async def test_roles_viewer_reads_editor_runs_admin_manages_keys(tmp_path: Path,
 async def test_revoked_key_stops_working_within_the_cache_time(tmp_path: Path, db: AppDB) -> None:
     key, token = await apikeys.create_key(db, role="editor", tenant="acme")
     await apikeys.create_key(db, role="admin", tenant="acme")  # keep the server out of open mode
-    settings = make_settings(tmp_path, api_key_cache_s=0.3)
-    async with client_for(settings, db) as client:
+    clock = [1000.0]
+    app = build_app(make_settings(tmp_path), db)
+    app.state.key_auth = KeyAuthenticator(db, ttl_s=2.0, timer=lambda: clock[0])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         assert (await client.get("/whoami", headers=x_api_key(token))).status_code == 200
         # revoked by another process (mkt keys revoke): this process still has it cached ...
         await apikeys.revoke_key(db, key.key_id)
+        clock[0] += 1.9
         assert (await client.get("/whoami", headers=x_api_key(token))).status_code == 200
-        await asyncio.sleep(0.35)  # ... for at most API_KEY_CACHE_S
+        clock[0] += 0.2  # ... for at most API_KEY_CACHE_S
         revoked = await client.get("/whoami", headers=x_api_key(token))
         assert revoked.status_code == 401
         assert f"API key {key.key_id} was revoked" in revoked.json()["detail"]
