@@ -26,6 +26,17 @@ SCHEMA_VERSION = 2
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)""",
+    # API keys (app/apikeys.py): only a sha256 of each key is stored; the key is shown once
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        key_id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        role TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         id {serial} PRIMARY KEY,
         idempotency_key TEXT NOT NULL UNIQUE,
@@ -117,6 +128,8 @@ _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
 )
+
+_KEY_COLS = "key_id, key_hash, name, role, tenant, created_at, last_used_at, revoked_at"
 
 
 class ThreadBusyError(RuntimeError):
@@ -790,6 +803,58 @@ class AppDB:
             "DELETE FROM run_events WHERE run_id IN (SELECT run_id FROM runs WHERE ended_at IS NOT"
             " NULL AND ended_at < ?)",
             (iso_us(older_than),),
+        )
+
+    # --- API keys (hashes only; see app/apikeys.py) -------------------------------------------
+    async def insert_api_key(
+        self, *, key_id: str, key_hash: str, name: str, role: str, tenant: str
+    ) -> dict[str, Any]:
+        await self._b.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, role, tenant, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key_id, key_hash, name, role, tenant, iso(utcnow())),
+        )
+        row = await self.get_api_key(key_id)
+        assert row is not None
+        return row
+
+    async def get_api_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._b.fetchall(
+            f"SELECT {_KEY_COLS} FROM api_keys WHERE key_id = ?", (key_id,)
+        )
+        return rows[0] if rows else None
+
+    async def list_api_keys(
+        self, *, tenant: str | None = None, include_revoked: bool = True
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if not include_revoked:
+            where.append("revoked_at IS NULL")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return await self._b.fetchall(
+            f"SELECT {_KEY_COLS} FROM api_keys{clause} ORDER BY created_at, key_id", params
+        )
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """True when the key was active and is now revoked."""
+        return (
+            await self._b.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (iso(utcnow()), key_id),
+            )
+            == 1
+        )
+
+    async def count_active_api_keys(self) -> int:
+        rows = await self._b.fetchall("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        return int(rows[0]["n"])
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        await self._b.execute(
+            "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (iso(when), key_id)
         )
 
 

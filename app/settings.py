@@ -102,11 +102,73 @@ class Settings(BaseSettings):
     # --- tools --------------------------------------------------------------------------------
     tavily_api_key: SecretStr | None = None
 
+    # --- HTTP server: limits, CORS, auth (app/server/security.py, app/server/auth.py) ------------
+    api_body_limit_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    rate_limit: str | None = Field(
+        "120/minute",
+        description="Per API key (per client IP in open mode), in `limits` notation, e.g. "
+        "'120/minute' or '20/second;1000/hour'; empty = no limit. Over it: 429 with Retry-After.",
+    )
+    auth_failure_rate_limit: str | None = Field(
+        "30/minute",
+        description="Requests with an unknown or revoked key allowed per client IP before 429.",
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:6379/0 - share rate-limit counters between server "
+        "processes; unset = in-process memory.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://smith.langchain.com"],
+        description="Browser origins allowed to call the API (comma separated; LangGraph Studio "
+        "is https://smith.langchain.com); empty = none.",
+    )
+    api_key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long a key lookup is cached in process; a revoked key stops working "
+        "within this time.",
+    )
+
     @field_validator("model_fallbacks", mode="before")
     @classmethod
     def _split_fallbacks(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit", "auth_failure_rate_limit", mode="before")
+    @classmethod
+    def _check_rate_limit(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"cannot read rate limit {value!r}: write it like '120/minute' or "
+                    "'20/second;1000/hour'"
+                ) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("REDIS_URL must start with redis:// or rediss://")
         return value
 
     @field_validator("agent_models")

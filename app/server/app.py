@@ -18,7 +18,7 @@ from app.errors import AppError
 from app.server.auth import InsecureBindError, startup_check
 from app.server.executor import Executor
 from app.server.registry import Registry
-from app.server.routes import assistants, chat, meta, runs, threads
+from app.server.routes import assistants, chat, keys, meta, runs, threads
 from app.server.routes.meta import app_version
 from app.server.security import install_security
 from app.server.services import Services
@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, *, host: str = "127.0.0.1") -> 
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    for module in (meta, assistants, threads, runs, chat):
+    for module in (meta, assistants, threads, runs, chat, keys):
         app.include_router(module.router)
+    app.state.settings = s
     install_security(app, s)
     return app

@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import langgraph.version
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.server import metrics
 from app.server.services import Svc
@@ -42,6 +42,6 @@ async def info(svc: Svc) -> dict[str, Any]:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def prometheus() -> Response:
-    body, content_type = metrics.render()
+async def prometheus(request: Request) -> Response:
+    body, content_type = metrics.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)
