@@ -88,7 +88,14 @@ def test_redact_obj_masks_sensitive_keys_and_strings() -> None:
     assert event["headers"]["x-api-key"] == token  # the original is untouched
 
 
-def test_log_records_are_redacted_for_every_logger(caplog: pytest.LogCaptureFixture) -> None:
+def test_log_records_are_redacted_for_every_logger(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn's logging config (applied by any earlier test that ran a server in this process)
+    # stops `uvicorn.access` from propagating to the root logger, where caplog listens
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "disabled", False)
     _, token = new_token()
     install_log_redaction(["my-configured-provider-key"])
     try:
