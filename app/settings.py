@@ -10,6 +10,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["auto", "openai", "local", "scripted"]
+EmbeddingProviderName = Literal["auto", "wordllama", "openai"]
+SearchMode = Literal["hybrid", "dense"]
 AGENTS = ("supervisor", "research", "content", "social", "publishing")
 
 
@@ -61,6 +63,36 @@ class Settings(BaseSettings):
     )
     db_pool_max_size: int = 10
 
+    # --- knowledge base (Qdrant) -----------------------------------------------------------------
+    qdrant_url: str | None = Field(
+        None,
+        description="Qdrant server, e.g. http://127.0.0.1:6333; unset = embedded local mode in "
+        "DATA_DIR/qdrant (one process at a time).",
+    )
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout_s: float = Field(10.0, gt=0)
+    embedding_provider: EmbeddingProviderName = Field(
+        "auto",
+        description="wordllama (offline, bundled) | openai | auto (openai when OPENAI_API_KEY is "
+        "set and OPENAI_BASE_URL is not, else wordllama).",
+    )
+    embedding_model: str = Field(
+        "text-embedding-3-small", description="OpenAI embedding model (provider openai)."
+    )
+    embedding_dimensions: int | None = Field(
+        None, ge=8, le=8192, description="Shorter OpenAI text-embedding-3 vectors; unset = native."
+    )
+    kb_search_mode: SearchMode = Field(
+        "hybrid",
+        description="hybrid (dense + BM25 sparse, fused in Qdrant) | dense; hybrid is the "
+        "measured better default on the labelled set (tests/unit/test_kb_quality.py).",
+    )
+    kb_examples_k: int = Field(
+        3, ge=0, le=10, description="Approved past outputs shown as examples in writing prompts."
+    )
+    kb_chunk_chars: int = Field(1200, ge=200, le=20000, description="Target chunk size.")
+    kb_chunk_overlap: int = Field(200, ge=0, le=5000, description="Overlap between chunks.")
+
     # --- tools --------------------------------------------------------------------------------
     tavily_api_key: SecretStr | None = None
 
@@ -79,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "mkt.sqlite"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
 
     @property
     def uses_postgres(self) -> bool:
