@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import numpy as np
 
-from app.errors import AppError
+from tools.knowledge import KnowledgeBaseError
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -30,10 +30,8 @@ OPENAI_DIMS = {
 }
 
 
-class EmbeddingError(AppError):
+class EmbeddingError(KnowledgeBaseError):
     """The embedding model could not be loaded or did not answer."""
-
-    status = 503
 
 
 class Embedder(Protocol):

@@ -14,8 +14,28 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from app.errors import AppError
+
 DEFAULT_TENANT = "default"
 OutputStatus = Literal["approved", "edited", "rejected", "unreviewed"]
+
+
+class KnowledgeBaseError(AppError):
+    """The knowledge base cannot serve the request; the message names the fix."""
+
+    status = 503
+
+
+class KnowledgeBaseLockedError(KnowledgeBaseError):
+    """The embedded store's folder is locked by another process."""
+
+    status = 409
+
+
+class EmbeddingMismatchError(KnowledgeBaseError):
+    """A collection was built with another embedding model or dimension."""
+
+    status = 409
 
 
 class KBHit(BaseModel):

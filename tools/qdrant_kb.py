@@ -34,10 +34,17 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from app.errors import AppError
 from tools import sparse as bm25
 from tools.embeddings import Embedder, EmbeddingError, make_embedder
-from tools.knowledge import DEFAULT_TENANT, KBHit, PastOutput, is_successful
+from tools.knowledge import (
+    DEFAULT_TENANT,
+    EmbeddingMismatchError,
+    KBHit,
+    KnowledgeBaseError,
+    KnowledgeBaseLockedError,
+    PastOutput,
+    is_successful,
+)
 
 if TYPE_CHECKING:
     from app.settings import SearchMode, Settings
@@ -82,20 +89,6 @@ INDEXES: dict[str, dict[str, Any]] = {
 T = TypeVar("T")
 
 
-class KnowledgeBaseError(AppError):
-    """The knowledge base cannot serve the request; the message names the fix."""
-
-    status = 503
-
-
-class KnowledgeBaseLockedError(KnowledgeBaseError):
-    status = 409
-
-
-class EmbeddingMismatchError(KnowledgeBaseError):
-    status = 409
-
-
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -106,6 +99,10 @@ def point_id(*parts: str) -> str:
 
 def output_point_id(tenant: str, thread_id: str, artifact_id: str, version: int) -> str:
     return point_id("output", tenant, thread_id, artifact_id, str(version))
+
+
+def chunk_point_id(tenant: str, source: str, content_hash: str, index: int) -> str:
+    return point_id("doc", tenant, source, content_hash, str(index))
 
 
 @dataclass
@@ -449,7 +446,7 @@ class QdrantKnowledgeBase:
                 vectors = self._vectors([embed_text(c.title, c.section, c.text) for c in batch])
                 points = []
                 for c, vec in zip(batch, vectors, strict=True):
-                    pid = point_id("doc", c.tenant, c.source, c.content_hash, str(c.chunk_index))
+                    pid = chunk_point_id(c.tenant, c.source, c.content_hash, c.chunk_index)
                     ids.append(pid)
                     points.append(models.PointStruct(id=pid, vector=vec, payload=c.payload(stamp)))
                 client.upsert(physical, points=points, wait=True)
@@ -954,6 +951,7 @@ __all__ = [
     "KnowledgeBaseError",
     "KnowledgeBaseLockedError",
     "QdrantKnowledgeBase",
+    "chunk_point_id",
     "output_point_id",
     "tune_local_storage",
 ]
