@@ -41,9 +41,7 @@ async def open_runner(
     try:
         async with AsyncExitStack() as stack:
             if knowledge_base:
-                await stack.enter_async_context(
-                    open_knowledge_base(s, eager=eager_knowledge_base)
-                )
+                await stack.enter_async_context(open_knowledge_base(s, eager=eager_knowledge_base))
             storage = await stack.enter_async_context(open_storage(s, migrate=migrate))
             runner = runner_cls(storage, factory)
             try:

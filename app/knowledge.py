@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from app.settings import Settings, get_settings
 from tools.knowledge import set_knowledge_base
-from tools.qdrant_kb import QdrantKnowledgeBase
+
+if TYPE_CHECKING:  # qdrant-client takes a second or two to import: only when a KB is opened
+    from tools.qdrant_kb import QdrantKnowledgeBase
 
 
 @asynccontextmanager
@@ -28,6 +31,8 @@ async def open_knowledge_base(
 ) -> AsyncIterator[QdrantKnowledgeBase]:
     """Create the Qdrant knowledge base, install it for the graphs (`tools.knowledge`), and close
     it (releasing the local folder lock) on exit."""
+    from tools.qdrant_kb import QdrantKnowledgeBase
+
     kb = QdrantKnowledgeBase(settings or get_settings())
     if eager:
         await asyncio.to_thread(kb.open)
