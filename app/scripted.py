@@ -55,6 +55,14 @@ def _sources(text: str) -> list[tuple[str, str, str]]:
     )
 
 
+def _brief_points(prompt: str) -> list[str]:
+    """The key points of the research brief data block (`- point` lines)."""
+    m = re.search(r'<data label="research brief">\n.*?\n(.*?)\n</data>', prompt, flags=re.S)
+    if not m:
+        return []
+    return [ln[2:].strip() for ln in m.group(1).split("\n") if ln.startswith("- ")]
+
+
 def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -105,7 +113,7 @@ class ScriptedChatModel(BaseChatModel):
         elif "BriefDraft" in names:
             tool_calls = [self._call("BriefDraft", self._brief(task, prompt))]
         elif "LongFormDraft" in names:
-            tool_calls = [self._call("LongFormDraft", self._long_form(task))]
+            tool_calls = [self._call("LongFormDraft", self._long_form(task, _brief_points(prompt)))]
         elif "SocialDraft" in names:
             tool_calls = [self._call("SocialDraft", self._social(task))]
         elif names and not isinstance(messages[-1], ToolMessage):
@@ -178,15 +186,12 @@ class ScriptedChatModel(BaseChatModel):
             "key_points": points,
         }
 
-    def _long_form(self, task: dict[str, str]) -> dict[str, Any]:
+    def _long_form(self, task: dict[str, str], points: list[str]) -> dict[str, Any]:
         kind = task.get("kind", "blog").replace("_", " ")
         topic = task.get("topic") or "our product"
         brand = task.get("brand", "our brand")
         keywords = _csv(task.get("keywords", ""))
         feedback = task.get("feedback", "")
-        points = [
-            p.strip("- ").strip() for p in task.get("brief_points", "").split("\n") if p.strip()
-        ]
         revising = bool(feedback) or bool(task.get("previous_draft"))
         paragraphs = [
             f"This {kind} is a scripted draft for {brand} about {topic}. It is written from a "

@@ -13,7 +13,7 @@ from app.llm import ModelOutputError, ask_structured
 from app.settings import get_settings
 from graphs.context import MarketingContext, context_of
 from graphs.learning import examples_block
-from graphs.material import brief_points, material
+from graphs.material import material
 from graphs.schemas import LongFormDraft
 from graphs.state import AgentInput, AgentOutput, Artifact, StepResult, step_failed
 from prompts import render, task_block
@@ -70,7 +70,6 @@ async def write(
             task=state.get("task", ""),
             feedback=feedback or None,
             previous_draft="yes" if previous else None,
-            brief_points="\n".join(f"- {p}" for p in brief_points(state.get("brief"))) or None,
         ),
         material=material(state)
         + (f"\n\nYour previous draft:\n{previous['body']}" if previous else ""),

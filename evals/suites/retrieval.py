@@ -1,9 +1,12 @@
 """Retrieval: recall@k and MRR of the knowledge base over a seed set of documents and past
-outputs. Runs against whatever `tools.knowledge.get_knowledge_base()` returns; with only the
-`EmptyKnowledgeBase` configured the suite is reported as SKIPPED (never as passed)."""
+outputs. Runs against whatever `tools.knowledge.get_knowledge_base()` returns — the Qdrant
+knowledge base `open_runner` installs (embedded, in the eval run's temporary DATA_DIR, with the
+configured search mode and embedding); with only the `EmptyKnowledgeBase` the suite is reported as
+SKIPPED (never as passed). The same labelled set is the unit test `tests/unit/test_kb_quality.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -39,7 +42,7 @@ class RetrievalSuite(DatasetSuite):
     case_type = RetrievalCase
 
     def __init__(self) -> None:
-        self._seeded: set[int] = set()
+        self._seeding: dict[int, asyncio.Task[bool]] = {}
 
     def skip_reason(self, env: SuiteEnv) -> str | None:
         kb = _kb(env)
@@ -51,9 +54,10 @@ class RetrievalSuite(DatasetSuite):
         import time
 
         kb = _kb(env)
-        if id(kb) not in self._seeded:
-            self._seeded.add(id(kb))
-            await seed(kb, seed_documents())
+        # every case (they run concurrently) waits for the one seeding of this knowledge base
+        if id(kb) not in self._seeding:
+            self._seeding[id(kb)] = asyncio.ensure_future(seed(kb, seed_documents()))
+        await asyncio.shield(self._seeding[id(kb)])
         k = env.config.retrieval_k
         started = time.perf_counter()
         res = CaseResult(suite=self.name, case_id=case.id, passed=None, critical=case.critical)
