@@ -99,7 +99,12 @@ def test_each_file_type_ingests_a_real_file_and_is_found(
 
 
 def test_parsers_keep_titles_headings_and_table_rows(tmp_path: Path) -> None:
-    for suffix, title in ((".md", "Lumen guide"), (".html", "Lumen page"), (".pdf", "Lumen spec sheet"), (".docx", "Lumen handbook")):
+    for suffix, title in (
+        (".md", "Lumen guide"),
+        (".html", "Lumen page"),
+        (".pdf", "Lumen spec sheet"),
+        (".docx", "Lumen handbook"),
+    ):
         path = tmp_path / f"lumen{suffix}"
         WRITERS[suffix](path)
         assert parse_file(path).title == title, suffix

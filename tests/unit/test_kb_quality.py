@@ -77,11 +77,13 @@ async def test_the_keyword_side_alone_finds_exact_codes_and_hashtags(
     ):
         sp = encode_query(query)
         points = seeded.call(
-            lambda c, sp=sp: c.query_points(
-                seeded.physical_name(DOCUMENTS) or DOCUMENTS,
-                query=models.SparseVector(indices=sp.indices, values=sp.values),
-                using=SPARSE,
-                limit=1,
-            ).points
+            lambda c, sp=sp: (
+                c.query_points(
+                    seeded.physical_name(DOCUMENTS) or DOCUMENTS,
+                    query=models.SparseVector(indices=sp.indices, values=sp.values),
+                    using=SPARSE,
+                    limit=1,
+                ).points
+            )
         )
         assert [p.payload["doc_id"] for p in points] == [expected], query  # type: ignore[index]

@@ -252,7 +252,9 @@ async def test_examples_are_successful_same_brand_and_platform_without_near_dupl
     await kb.record_output(past(base, thread_id="t1"))
     await kb.record_output(past(base.replace("holds", "sticks"), thread_id="t2"))  # near-dup
     await kb.record_output(past("TerraRun trail shoes for long downhill runs.", thread_id="t3"))
-    await kb.record_output(past("TerraRun wet rock grip, rejected", thread_id="t4", status="rejected"))
+    await kb.record_output(
+        past("TerraRun wet rock grip, rejected", thread_id="t4", status="rejected")
+    )
     await kb.record_output(past("TerraRun wet rock grip rated 1", thread_id="t5", rating=1))
     await kb.record_output(past("TerraRun grip on LinkedIn", thread_id="t6", platform="linkedin"))
     await kb.record_output(past("TerraRun grip for another brand", thread_id="t7", brand="Other"))
