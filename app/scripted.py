@@ -113,7 +113,10 @@ class ScriptedChatModel(BaseChatModel):
         elif "BriefDraft" in names:
             tool_calls = [self._call("BriefDraft", self._brief(task, prompt))]
         elif "LongFormDraft" in names:
-            tool_calls = [self._call("LongFormDraft", self._long_form(task, _brief_points(prompt)))]
+            # the brief's key points come from its data block, never from the task block
+            points = "\n".join(f"- {p}" for p in _brief_points(prompt))
+            task = {**task, "brief_points": points}
+            tool_calls = [self._call("LongFormDraft", self._long_form(task))]
         elif "SocialDraft" in names:
             tool_calls = [self._call("SocialDraft", self._social(task))]
         elif names and not isinstance(messages[-1], ToolMessage):
@@ -186,12 +189,15 @@ class ScriptedChatModel(BaseChatModel):
             "key_points": points,
         }
 
-    def _long_form(self, task: dict[str, str], points: list[str]) -> dict[str, Any]:
+    def _long_form(self, task: dict[str, str]) -> dict[str, Any]:
         kind = task.get("kind", "blog").replace("_", " ")
         topic = task.get("topic") or "our product"
         brand = task.get("brand", "our brand")
         keywords = _csv(task.get("keywords", ""))
         feedback = task.get("feedback", "")
+        points = [
+            p.strip("- ").strip() for p in task.get("brief_points", "").split("\n") if p.strip()
+        ]
         revising = bool(feedback) or bool(task.get("previous_draft"))
         paragraphs = [
             f"This {kind} is a scripted draft for {brand} about {topic}. It is written from a "

@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["auto", "openai", "local", "scripted"]
@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     qdrant_timeout_s: float = Field(10.0, gt=0)
     embedding_provider: EmbeddingProviderName = Field(
         "auto",
-        description="wordllama (offline, bundled) | openai | auto (openai when OPENAI_API_KEY is "
-        "set and OPENAI_BASE_URL is not, else wordllama).",
+        description="wordllama (offline, bundled) | openai | auto (openai when the chat models "
+        "are OpenAI's: OPENAI_API_KEY set, no OPENAI_BASE_URL, MODEL_PROVIDER auto|openai; else "
+        "wordllama).",
     )
     embedding_model: str = Field(
         "text-embedding-3-small", description="OpenAI embedding model (provider openai)."
@@ -102,6 +103,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> Settings:
+        if self.kb_chunk_overlap >= self.kb_chunk_chars:
+            raise ValueError(
+                f"KB_CHUNK_OVERLAP ({self.kb_chunk_overlap}) must be smaller than KB_CHUNK_CHARS "
+                f"({self.kb_chunk_chars})"
+            )
+        return self
 
     @field_validator("agent_models")
     @classmethod

@@ -134,9 +134,16 @@ class OpenAIEmbedder:
 
 
 def embedding_provider(settings: Settings) -> str:
+    """`auto`: OpenAI embeddings when the app's models are OpenAI's own (a key, no custom base
+    URL, MODEL_PROVIDER auto or openai); otherwise the bundled WordLlama. An OpenAI-compatible
+    server with an embeddings endpoint is used only with EMBEDDING_PROVIDER=openai."""
     if settings.embedding_provider != "auto":
         return settings.embedding_provider
-    if settings.openai_api_key is not None and not settings.openai_base_url:
+    if (
+        settings.model_provider in ("auto", "openai")
+        and settings.openai_api_key is not None
+        and not settings.openai_base_url
+    ):
         return "openai"
     return "wordllama"
 

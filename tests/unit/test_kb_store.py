@@ -288,3 +288,30 @@ async def test_recording_the_same_decision_again_is_idempotent_and_keeps_the_rat
     [stored] = kb.thread_outputs("t1")
     assert (stored.rating, stored.comment, stored.status) == (5, "great hook", "approved")
     assert kb.stats()[1].points == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "provider"),
+    [
+        ({}, "wordllama"),
+        ({"openai_api_key": "sk-x"}, "openai"),
+        ({"openai_api_key": "sk-x", "model_provider": "scripted"}, "wordllama"),
+        ({"openai_api_key": "sk-x", "openai_base_url": "http://127.0.0.1:11434/v1"}, "wordllama"),
+        ({"embedding_provider": "openai", "openai_base_url": "http://h/v1"}, "openai"),
+        ({"openai_api_key": "sk-x", "embedding_provider": "wordllama"}, "wordllama"),
+    ],
+)
+def test_embedding_provider_follows_the_configured_models(
+    env: dict[str, str], provider: str, tmp_path: Path
+) -> None:
+    from tools.embeddings import embedding_provider
+
+    values: dict[str, object] = {"model_provider": "auto", "data_dir": tmp_path, **env}
+    assert embedding_provider(Settings(**values)) == provider  # type: ignore[arg-type]
+
+
+def test_chunk_overlap_must_be_smaller_than_the_chunk() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="KB_CHUNK_OVERLAP"):
+        Settings(kb_chunk_chars=500, kb_chunk_overlap=500)
