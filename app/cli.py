@@ -588,7 +588,7 @@ def kb_search(
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many hits.")] = 5,
     brand: Annotated[str | None, typer.Option(help="Past outputs of this brand only.")] = None,
     mode: Annotated[
-        str | None, typer.Option(help="hybrid | dense (default: KB_SEARCH_MODE).")
+        str | None, typer.Option(help="auto | hybrid | dense (default: KB_SEARCH_MODE).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
 ) -> None:
@@ -600,8 +600,8 @@ def kb_search(
 
     if collection not in (*COLLECTIONS, "all"):
         _fail(f"unknown collection {collection!r}; use documents, past_outputs or all")
-    if mode not in (None, "hybrid", "dense"):
-        _fail(f"unknown mode {mode!r}; use hybrid or dense")
+    if mode not in (None, "auto", "hybrid", "dense"):
+        _fail(f"unknown mode {mode!r}; use auto, hybrid or dense")
     if not query.strip():
         _fail("the query is empty")
     kb = _open_kb()
@@ -630,6 +630,7 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     try:
         stats = kb.stats()
         sources = kb.source_counts()
+        modes = {c.name: kb.resolved_mode(c.name) for c in stats}
     except AppError as exc:
         _fail(str(exc))
     finally:
@@ -640,6 +641,7 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                 {
                     "store": kb.description,
                     "search_mode": kb.search_mode,
+                    "resolved_modes": modes,
                     "collections": [c.__dict__ for c in stats],
                     "sources": sources,
                 }
@@ -658,7 +660,9 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
     console.print(table)
     console.print(
-        f"{len(sources)} ingested source(s) · search mode {kb.search_mode} · {kb.description}"
+        f"{len(sources)} ingested source(s) · search mode {kb.search_mode} ("
+        + ", ".join(f"{name}: {mode}" for name, mode in modes.items())
+        + f") · {kb.description}"
     )
 
 

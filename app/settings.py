@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["auto", "openai", "local", "scripted"]
 EmbeddingProviderName = Literal["auto", "wordllama", "openai"]
-SearchMode = Literal["hybrid", "dense"]
+SearchMode = Literal["auto", "hybrid", "dense"]
 AGENTS = ("supervisor", "research", "content", "social", "publishing")
 
 
@@ -84,9 +84,14 @@ class Settings(BaseSettings):
         None, ge=8, le=8192, description="Shorter OpenAI text-embedding-3 vectors; unset = native."
     )
     kb_search_mode: SearchMode = Field(
-        "hybrid",
-        description="hybrid (dense + BM25 sparse, fused in Qdrant) | dense; hybrid is the "
-        "measured better default on the labelled set (tests/unit/test_kb_quality.py).",
+        "auto",
+        description="hybrid (dense + BM25 sparse, fused in Qdrant's query API) | dense | auto: "
+        "hybrid (better on the labelled set, tests/unit/test_kb_quality.py) on a Qdrant server "
+        "and on local collections up to KB_LOCAL_HYBRID_MAX_POINTS, dense above that (local "
+        "mode scores sparse vectors in Python, ~50 us per point per query; bench/README.md).",
+    )
+    kb_local_hybrid_max_points: int = Field(
+        2000, ge=0, description="Local mode: collections larger than this are searched dense."
     )
     kb_examples_k: int = Field(
         3, ge=0, le=10, description="Approved past outputs shown as examples in writing prompts."

@@ -681,7 +681,7 @@ class QdrantKnowledgeBase:
         query_filter = flt if flt.must or flt.must_not else None
         dense = self.embedder.embed_query(text).tolist()
         sp = bm25.encode_query(text)
-        mode = mode or self.search_mode
+        mode = self._resolve_mode(client, physical, mode)
         if mode == "dense" or not sp:
             return client.query_points(
                 physical,
@@ -709,6 +709,23 @@ class QdrantKnowledgeBase:
             with_payload=True,
             with_vectors=[DENSE] if with_vectors else False,
         ).points
+
+    def _resolve_mode(
+        self, client: QdrantClient, physical: str, requested: SearchMode | None
+    ) -> SearchMode:
+        mode = requested or self.search_mode
+        if mode != "auto":
+            return mode
+        if not self.local:
+            return "hybrid"
+        points = client.count(physical, exact=True).count
+        return "hybrid" if points <= self.settings.kb_local_hybrid_max_points else "dense"
+
+    def resolved_mode(self, collection: str = DOCUMENTS) -> SearchMode:
+        """The mode a search of `collection` uses now (`auto` resolved)."""
+        return self.call(
+            lambda c: self._resolve_mode(c, self.physical_name(collection) or collection, None)
+        )
 
     def search_sync(
         self,
