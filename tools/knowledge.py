@@ -90,7 +90,9 @@ def is_successful(status: str, rating: int | None) -> bool:
 class KnowledgeBase(Protocol):
     name: str
 
-    async def search(self, query: str, *, k: int = 5, brand: str | None = None) -> list[KBHit]: ...
+    async def search(
+        self, query: str, *, k: int = 5, brand: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[KBHit]: ...
 
 
 @runtime_checkable
@@ -115,7 +117,9 @@ class EmptyKnowledgeBase:
 
     name = "empty"
 
-    async def search(self, query: str, *, k: int = 5, brand: str | None = None) -> list[KBHit]:
+    async def search(
+        self, query: str, *, k: int = 5, brand: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[KBHit]:
         return []
 
     async def record_output(self, output: PastOutput) -> str:

@@ -237,3 +237,28 @@ async def test_an_injected_document_cannot_publish_and_stays_inside_data_blocks(
             outside = re.sub(r'<data label="[^"]*">.*?</data>', "", text, flags=re.S)
             assert INJECTION not in outside, f"retrieved text outside a data block: {text[:300]}"
     assert seen > 0, "the injected text reached the models, as data"
+
+
+async def test_research_cites_documents_of_its_own_tenant_only(
+    runner: Runner, tmp_path: Path
+) -> None:
+    from graphs.research import graph as research
+
+    doc = tmp_path / "gtx.md"
+    doc.write_text("# TR-2 GTX\n\nThe TR-2 GTX is waterproof and costs 219 dollars.\n")
+    assert ingest_paths(kb_of(runner), [doc], tenant="acme").count("added") == 1
+    task = {"task": "Research the TR-2 GTX price", "topic": "TR-2 GTX"}
+
+    out = await research.ainvoke(
+        task, {"configurable": {"tenant": "acme"}}, context=MarketingContext()
+    )
+    brief = out["brief"]
+    assert [s["url"] for s in brief["sources"]] == [str(doc.resolve())]
+    assert "[S1]" in brief["summary"] and brief["key_points"][0]["source_ids"] == ["S1"]
+
+    other = await research.ainvoke(
+        task, {"configurable": {"tenant": "globex"}}, context=MarketingContext()
+    )
+    assert other["brief"]["sources"] == []
+    default = await research.ainvoke(task, context=MarketingContext())
+    assert default["brief"]["sources"] == []
