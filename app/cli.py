@@ -616,11 +616,21 @@ def kb_search(
     if not hits:
         console.print("no hits (ingest documents with `mkt kb ingest PATH`)")
         return
-    table = Table("#", "score", "collection", "source", "text", show_lines=True)
+    table = Table("#", "score", "collection", show_lines=True)
+    table.add_column("source", overflow="fold", ratio=2)
+    table.add_column("text", ratio=3)
     for n, h in enumerate(hits, start=1):
-        where = h.source + (f"\n[dim]{h.section}[/]" if h.section else "")
+        where = _short_path(h.source) + (f"\n[dim]{h.section}[/]" if h.section else "")
         table.add_row(str(n), f"{h.score:.3f}", h.collection, where, h.text[:300])
     console.print(table)
+
+
+def _short_path(source: str) -> str:
+    """A source path relative to the working directory when it is under it."""
+    try:
+        return str(Path(source).relative_to(Path.cwd()))
+    except ValueError:
+        return source
 
 
 @kb_app.command("stats")
