@@ -521,6 +521,7 @@ def kb_ingest(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tools.ingest import IngestPathError, discover, ingest_paths
+    from tools.qdrant_kb import LOCAL_MODE_ADVISED_MAX_POINTS
 
     s = get_settings()
     try:
@@ -561,6 +562,7 @@ def kb_ingest(
                 on_chunks=on_chunks,
             )
             progress.update(task, completed=total)
+        total_points = kb.stats()[0].points
     except AppError as exc:
         _fail(str(exc))
     finally:
@@ -577,6 +579,13 @@ def kb_ingest(
     )
     for f in summary.skipped:
         console.print(f"[yellow]skipped[/] {f.path}: {f.reason}", soft_wrap=True)
+    if kb.local and total_points > LOCAL_MODE_ADVISED_MAX_POINTS:
+        console.print(
+            f"[yellow]note[/] {total_points:,} chunks in the embedded store: above "
+            f"{LOCAL_MODE_ADVISED_MAX_POINTS:,} a Qdrant server (QDRANT_URL) searches and ingests "
+            "much faster (see bench/README.md)",
+            soft_wrap=True,
+        )
 
 
 @kb_app.command("search")

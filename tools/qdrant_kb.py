@@ -58,6 +58,7 @@ SPARSE_ENCODER = "bm25/crc32-snowball-en/v1"
 SCHEMA_VERSION = 1
 POINT_NAMESPACE = uuid.UUID("6f1d7c52-4a51-5b8e-9a53-2d1f0b7c9e41")
 UPSERT_BATCH = 256
+LOCAL_MODE_ADVISED_MAX_POINTS = 20_000  # qdrant-client's own advice for local mode
 NEAR_DUPLICATE_COSINE = 0.97
 NEAR_DUPLICATE_JACCARD = 0.7
 
@@ -449,7 +450,9 @@ class QdrantKnowledgeBase:
                     pid = chunk_point_id(c.tenant, c.source, c.content_hash, c.chunk_index)
                     ids.append(pid)
                     points.append(models.PointStruct(id=pid, vector=vec, payload=c.payload(stamp)))
-                client.upsert(physical, points=points, wait=True)
+                with warnings.catch_warnings():  # local mode > 20k points: `mkt kb ingest` says it
+                    warnings.filterwarnings("ignore", "Local mode is not recommended")
+                    client.upsert(physical, points=points, wait=True)
                 if progress is not None:
                     progress(len(batch))
 
