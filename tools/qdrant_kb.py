@@ -683,9 +683,9 @@ class QdrantKnowledgeBase:
                 flt = _without(flt, "tenant")
         query_filter = flt if flt.must or flt.must_not else None
         dense = self.embedder.embed_query(text).tolist()
-        sp = bm25.encode_query(text)
         mode = self._resolve_mode(client, physical, mode)
-        if mode == "dense" or not sp:
+        sp = bm25.encode_query(text) if mode == "hybrid" else None
+        if not sp:
             return client.query_points(
                 physical,
                 query=dense,
