@@ -189,7 +189,9 @@ class KeywordKB:
     def add_documents(self, docs: list[dict[str, Any]]) -> None:
         self.docs = docs
 
-    async def search(self, query: str, *, k: int = 5, brand: str | None = None) -> list[KBHit]:
+    async def search(
+        self, query: str, *, k: int = 5, brand: str | None = None, tenant: str = "default"
+    ) -> list[KBHit]:
         words = {w.strip("?.,").lower() for w in query.split() if len(w) > 3}
         scored = []
         for d in self.docs:
