@@ -522,7 +522,7 @@ class QdrantKnowledgeBase:
 
     async def add_documents(self, docs: list[dict[str, Any]]) -> int:
         """Seed documents and past outputs from dicts (`id`, `title`, `text`, `source`, optional
-        `kind` = document | past_output, `brand`); used by the retrieval eval and tests."""
+        `kind` = document | past_output, `brand`, `tenant`); used by the retrieval eval and tests."""
 
         def write() -> int:
             chunks = []
@@ -541,6 +541,7 @@ class QdrantKnowledgeBase:
                             successful=True,
                             thread_id=d.get("thread_id", "seed"),
                             artifact_id=d["id"],
+                            tenant=d.get("tenant") or DEFAULT_TENANT,
                         ),
                         doc_id=d["id"],
                         source=d.get("source", ""),
@@ -554,6 +555,7 @@ class QdrantKnowledgeBase:
                         source=d["source"],
                         content_hash=hashlib.sha256(d["text"].encode()).hexdigest(),
                         doc_type="seed",
+                        tenant=d.get("tenant") or DEFAULT_TENANT,
                     )
                 )
             self.upsert_chunks(chunks)

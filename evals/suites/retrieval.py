@@ -14,20 +14,25 @@ from evals.datasets import RetrievalCase, RetrievalDoc, dataset
 from evals.metrics import mean, recall_at_k, reciprocal_rank
 from evals.suites import DatasetSuite, SuiteEnv
 from evals.types import CaseResult
-from tools.knowledge import EmptyKnowledgeBase, KnowledgeBase, get_knowledge_base
+from tools.knowledge import DEFAULT_TENANT, EmptyKnowledgeBase, KnowledgeBase, get_knowledge_base
 
 
 def seed_documents() -> list[RetrievalDoc]:
     return dataset("retrieval_docs", RetrievalDoc)
 
 
-async def seed(kb: Any, docs: list[RetrievalDoc]) -> bool:
+# the suite's documents live under their own tenant, so outputs the other suites' runs remembered
+# in the same knowledge base (approvals are recorded) never compete with the labelled set
+TENANT = "eval-retrieval"
+
+
+async def seed(kb: Any, docs: list[RetrievalDoc], tenant: str = DEFAULT_TENANT) -> bool:
     """Give the seed documents to a knowledge base that can ingest (`add_documents(list[dict])`);
     False when it cannot (it is then expected to hold them already)."""
     add = getattr(kb, "add_documents", None)
     if add is None:
         return False
-    out = add([d.model_dump() for d in docs])
+    out = add([{**d.model_dump(), "tenant": tenant} for d in docs])
     if inspect.isawaitable(out):
         await out
     return True
@@ -56,13 +61,13 @@ class RetrievalSuite(DatasetSuite):
         kb = _kb(env)
         # every case (they run concurrently) waits for the one seeding of this knowledge base
         if id(kb) not in self._seeding:
-            self._seeding[id(kb)] = asyncio.ensure_future(seed(kb, seed_documents()))
+            self._seeding[id(kb)] = asyncio.ensure_future(seed(kb, seed_documents(), TENANT))
         await asyncio.shield(self._seeding[id(kb)])
         k = env.config.retrieval_k
         started = time.perf_counter()
         res = CaseResult(suite=self.name, case_id=case.id, passed=None, critical=case.critical)
         try:
-            hits = await kb.search(case.query, k=k, brand=case.brand)
+            hits = await kb.search(case.query, k=k, brand=case.brand, tenant=TENANT)
         except Exception as exc:  # noqa: BLE001 - recorded on the case
             res.error = f"{type(exc).__name__}: {exc}"[:500]
             hits = []
