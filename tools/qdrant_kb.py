@@ -26,13 +26,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
 from tools import sparse as bm25
 from tools.embeddings import Embedder, EmbeddingError, make_embedder
@@ -175,7 +177,9 @@ def _open_local(path: Path) -> QdrantClient:
             return entry[0]
         path.mkdir(parents=True, exist_ok=True)
         try:
-            client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+            with warnings.catch_warnings():  # "> 20k points": `mkt kb ingest` advises instead
+                warnings.filterwarnings("ignore", "Local mode is not recommended")
+                client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
         except RuntimeError as exc:
             if "already accessed" in str(exc):
                 raise KnowledgeBaseLockedError(
@@ -669,7 +673,7 @@ class QdrantKnowledgeBase:
         limit: int,
         flt: models.Filter,
         *,
-        mode: SearchMode | None = None,
+        mode: SearchMode | Literal["sparse"] | None = None,
         with_vectors: bool = False,
     ) -> list[models.ScoredPoint]:
         physical = self.physical_name(collection) or collection
@@ -684,6 +688,20 @@ class QdrantKnowledgeBase:
             if tenants == {tenant}:
                 flt = _without(flt, "tenant")
         query_filter = flt if flt.must or flt.must_not else None
+        vectors: Any = [DENSE] if with_vectors else False
+        if mode == "sparse":
+            sq = bm25.encode_query(text)
+            if not sq:
+                return []
+            return client.query_points(
+                physical,
+                query=models.SparseVector(indices=sq.indices, values=sq.values),
+                using=SPARSE,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+                with_vectors=vectors,
+            ).points
         dense = self.embedder.embed_query(text).tolist()
         mode = self._resolve_mode(client, physical, mode)
         sp = bm25.encode_query(text) if mode == "hybrid" else None
@@ -695,7 +713,7 @@ class QdrantKnowledgeBase:
                 query_filter=query_filter,
                 limit=limit,
                 with_payload=True,
-                with_vectors=[DENSE] if with_vectors else False,
+                with_vectors=vectors,
             ).points
         depth = max(limit * 4, 20)
         return client.query_points(
@@ -712,7 +730,7 @@ class QdrantKnowledgeBase:
             query_filter=query_filter,
             limit=limit,
             with_payload=True,
-            with_vectors=[DENSE] if with_vectors else False,
+            with_vectors=vectors,
         ).points
 
     def _resolve_mode(
@@ -742,14 +760,7 @@ class QdrantKnowledgeBase:
         tenant: str = DEFAULT_TENANT,
         mode: SearchMode | None = None,
     ) -> list[KBHit]:
-        if collection not in COLLECTIONS:
-            raise KnowledgeBaseError(f"unknown collection {collection!r}; use {COLLECTIONS}")
-        conditions: dict[str, Any] = {}
-        if collection == PAST_OUTPUTS:
-            conditions["successful"] = True
-            if brand:
-                conditions["brand"] = brand
-        flt = _filter(tenant=tenant, **conditions)
+        flt = _search_filter(collection, brand, tenant)
         points = self.call(lambda c: self._query(c, collection, query, k, flt, mode=mode))
         return [_hit(p, collection) for p in points]
 
@@ -763,22 +774,57 @@ class QdrantKnowledgeBase:
         collections: Sequence[str] = COLLECTIONS,
         mode: SearchMode | None = None,
     ) -> list[KBHit]:
-        """Documents and successful past outputs most relevant to `query`, best first. Each
-        collection is searched on its own; the lists are merged by score (fused scores of both
-        collections are on the same scale: reciprocal ranks, or cosine in dense mode), documents
-        first on ties."""
+        """Documents and successful past outputs most relevant to `query`, best first.
 
-        def run() -> list[KBHit]:
-            hits: list[KBHit] = []
-            for name in collections:
-                hits += self.search_sync(
+        One collection: Qdrant's fused query. Several: fused rank scores of separate collections
+        are not comparable (a collection of three points puts its best one first whatever it is),
+        so each collection is queried dense and sparse separately, the dense candidates of all
+        collections are ranked by cosine (one embedding: one scale) and the sparse candidates by
+        BM25 score, and the two global rankings are fused with the same Reciprocal Rank Fusion.
+        All collections use one mode: dense if `auto` resolves any of them to dense."""
+        names = list(dict.fromkeys(collections))
+        if len(names) == 1:
+            name = names[0]
+            return await asyncio.to_thread(
+                lambda: self.search_sync(
                     query, k=k, collection=name, brand=brand, tenant=tenant, mode=mode
                 )
-            order = {name: i for i, name in enumerate(collections)}
-            hits.sort(key=lambda h: (-h.score, order[h.collection]))
-            return hits[:k]
+            )
+        return await asyncio.to_thread(self._search_many, query, k, brand, tenant, names, mode)
 
-        return await asyncio.to_thread(run)
+    def _search_many(
+        self,
+        query: str,
+        k: int,
+        brand: str | None,
+        tenant: str,
+        names: list[str],
+        mode: SearchMode | None,
+    ) -> list[KBHit]:
+        resolved = {name: self.resolved_mode(name) for name in names}
+        if mode is not None and mode != "auto":
+            resolved = dict.fromkeys(names, mode)
+        hybrid = all(m == "hybrid" for m in resolved.values())
+        depth = max(k * 4, 20)
+        dense: list[models.ScoredPoint] = []
+        sparse: list[models.ScoredPoint] = []
+        origin: dict[str, str] = {}
+        for name in names:
+            flt = _search_filter(name, brand, tenant)
+            kw: dict[str, Any] = {"collection": name, "text": query, "limit": depth, "flt": flt}
+            found = self.call(partial(self._query, mode="dense", **kw))
+            origin.update({str(p.id): name for p in found})
+            dense += found
+            if hybrid:
+                found = self.call(partial(self._query, mode="sparse", **kw))
+                origin.update({str(p.id): name for p in found})
+                sparse += found
+        dense.sort(key=lambda p: -p.score)
+        if not hybrid:
+            return [_hit(p, origin[str(p.id)]) for p in dense[:k]]
+        sparse.sort(key=lambda p: -p.score)
+        fused = reciprocal_rank_fusion([dense, sparse], limit=k)
+        return [_hit(p, origin[str(p.id)]) for p in fused]
 
     # --- maintenance ----------------------------------------------------------------------------
     def stats(self) -> list[CollectionStats]:
@@ -898,6 +944,19 @@ def _match(key: str, value: Any) -> models.FieldCondition:
 
 def _filter(**conditions: Any) -> models.Filter:
     return models.Filter(must=[_match(k, v) for k, v in conditions.items() if v is not None])
+
+
+def _search_filter(collection: str, brand: str | None, tenant: str) -> models.Filter:
+    """Documents of the tenant; past outputs of the tenant that are successful (and of the
+    brand, when given)."""
+    if collection not in COLLECTIONS:
+        raise KnowledgeBaseError(f"unknown collection {collection!r}; use {COLLECTIONS}")
+    conditions: dict[str, Any] = {}
+    if collection == PAST_OUTPUTS:
+        conditions["successful"] = True
+        if brand:
+            conditions["brand"] = brand
+    return _filter(tenant=tenant, **conditions)
 
 
 def _tenant_in(flt: models.Filter) -> str | None:

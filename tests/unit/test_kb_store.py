@@ -315,3 +315,24 @@ def test_chunk_overlap_must_be_smaller_than_the_chunk() -> None:
 
     with pytest.raises(ValidationError, match="KB_CHUNK_OVERLAP"):
         Settings(kb_chunk_chars=500, kb_chunk_overlap=500)
+
+
+async def test_a_small_past_outputs_collection_does_not_outrank_better_documents(
+    kb: QdrantKnowledgeBase,
+) -> None:
+    """Searching both collections fuses global rankings: the one remembered output is not
+    ranked as if it were the best match just because it is the best of its own collection."""
+    kb.upsert_chunks(
+        [
+            chunk("price", "The Aurora thermostat costs 149 dollars."),
+            chunk("install", "Install the Aurora thermostat in 30 minutes."),
+            chunk("rebate", "Utility rebates give 50 to 100 dollars back on the thermostat cost."),
+            chunk("app", "The Aurora app shows a weekly energy report."),
+        ]
+    )
+    await kb.record_output(past("We love Aurora.", kind="blog", platform=None))
+    hits = await kb.search("How much does the Aurora thermostat cost in dollars?", k=5)
+    ids = [h.id for h in hits]
+    assert ids[0] == "price"
+    assert ids.index("t1/post-x/v1") >= 3, ids
+    assert {h.collection for h in hits} == {"documents", "past_outputs"}
