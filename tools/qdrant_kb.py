@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import threading
@@ -166,6 +167,13 @@ _local_clients: dict[Path, tuple[QdrantClient, int]] = {}
 # tenants present per physical collection of each open local store (this process is its only
 # writer while it holds the folder lock, so the cache cannot go stale)
 _local_tenants: dict[tuple[Path, str], set[str]] = {}
+# one operation at a time per local store, across every handle on it in this process
+_local_op_locks: dict[Path, threading.RLock] = {}
+
+
+def _op_lock(path: Path) -> threading.RLock:
+    with _local_lock:
+        return _local_op_locks.setdefault(path.resolve(), threading.RLock())
 
 
 def _open_local(path: Path) -> QdrantClient:
@@ -245,7 +253,9 @@ class QdrantKnowledgeBase:
         self._embedder = embedder
         self._client: QdrantClient | None = None
         self._local_path: Path | None = None if settings.qdrant_url else settings.qdrant_path
-        self._lock = threading.RLock()  # local mode: one operation at a time
+        # local mode: one operation at a time on the store (its SQLite and arrays are not
+        # thread-safe); a server client needs no lock beyond opening and closing
+        self._lock = _op_lock(self._local_path) if self._local_path else threading.RLock()
         self._checked = False
 
     # --- opening ----------------------------------------------------------------------------
@@ -329,6 +339,12 @@ class QdrantKnowledgeBase:
                 return alias.collection_name
         return name if self._client.collection_exists(name) else None
 
+    def target(self, name: str) -> str:
+        """What to address for reads and writes: the alias on a server (it resolves aliases
+        itself, one request saved per call), the physical collection in local mode (whose
+        per-collection bookkeeping here is keyed by it; resolving is an in-process lookup)."""
+        return (self.physical_name(name) or name) if self.local else name
+
     def _create(self, physical: str, collection: str) -> None:
         assert self._client is not None
         self._client.create_collection(
@@ -377,8 +393,12 @@ class QdrantKnowledgeBase:
         vectors = info.config.params.vectors
         dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
         built_dim = dense.size if dense is not None else None
-        built_model = meta.get("embedding_model", "an unknown model")
         want = (self.embedder.name, self.embedder.dim)
+        if "embedding_model" not in meta and built_dim == want[1]:
+            # no metadata (a Qdrant server older than 1.16, or a collection made elsewhere):
+            # only the dimension can be checked
+            return
+        built_model = meta.get("embedding_model", "an unknown model")
         if (built_model, built_dim) != want or meta.get("sparse_encoder") != SPARSE_ENCODER:
             raise EmbeddingMismatchError(
                 f"the `{name}` collection was built with {built_model} ({built_dim} dimensions, "
@@ -391,8 +411,9 @@ class QdrantKnowledgeBase:
     # --- running ------------------------------------------------------------------------------
     def call(self, fn: Callable[[QdrantClient], T]) -> T:
         """Run `fn(client)` with the collections open; Qdrant failures become
-        KnowledgeBaseError naming the fix."""
-        with self._lock:
+        KnowledgeBaseError naming the fix. Local mode runs one call at a time; calls to a
+        server run concurrently (the HTTP client is thread-safe)."""
+        with self._lock if self.local else contextlib.nullcontext():
             client = self.open()
             try:
                 return fn(client)
@@ -443,7 +464,7 @@ class QdrantKnowledgeBase:
         ids: list[str] = []
 
         def write(client: QdrantClient) -> None:
-            physical = self.physical_name(DOCUMENTS) or DOCUMENTS
+            physical = self.target(DOCUMENTS)
             self._note_tenants(client, physical, {c.tenant for c in chunks})
             stamp = now_iso()
             for start in range(0, len(chunks), UPSERT_BATCH):
@@ -468,7 +489,7 @@ class QdrantKnowledgeBase:
             return
         self.call(
             lambda c: c.delete(
-                self.physical_name(collection) or collection,
+                self.target(collection),
                 points_selector=models.PointIdsList(points=list(ids)),
                 wait=True,
             )
@@ -509,7 +530,7 @@ class QdrantKnowledgeBase:
                 c: QdrantClient, off: Any = offset, n: int = page_size
             ) -> tuple[list[models.Record], Any]:
                 return c.scroll(
-                    self.physical_name(collection) or collection,
+                    self.target(collection),
                     scroll_filter=flt,
                     limit=n,
                     offset=off,
@@ -576,7 +597,7 @@ class QdrantKnowledgeBase:
         pid = output_point_id(output.tenant, output.thread_id, output.artifact_id, output.version)
 
         def write(client: QdrantClient) -> None:
-            physical = self.physical_name(PAST_OUTPUTS) or PAST_OUTPUTS
+            physical = self.target(PAST_OUTPUTS)
             existing = client.retrieve(physical, ids=[pid], with_payload=True)
             data = output.model_dump(exclude={"id", "score"})
             stamp = now_iso()
@@ -676,7 +697,7 @@ class QdrantKnowledgeBase:
         mode: SearchMode | Literal["sparse"] | None = None,
         with_vectors: bool = False,
     ) -> list[models.ScoredPoint]:
-        physical = self.physical_name(collection) or collection
+        physical = self.target(collection)
         tenant = _tenant_in(flt)
         if self.local and tenant is not None:
             # Local mode evaluates filters point by point in Python (~30 us a point); the tenant
@@ -746,9 +767,7 @@ class QdrantKnowledgeBase:
 
     def resolved_mode(self, collection: str = DOCUMENTS) -> SearchMode:
         """The mode a search of `collection` uses now (`auto` resolved)."""
-        return self.call(
-            lambda c: self._resolve_mode(c, self.physical_name(collection) or collection, None)
-        )
+        return self.call(lambda c: self._resolve_mode(c, self.target(collection), None))
 
     def search_sync(
         self,
