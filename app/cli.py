@@ -22,6 +22,7 @@ from app.errors import AppError
 from app.models import ModelConfigError
 from app.runner import Runner
 from app.settings import get_settings
+from tools.knowledge import get_knowledge_base
 
 app = typer.Typer(
     help="Hierarchical marketing agents: a supervisor plans and delegates to research, content, "
@@ -211,8 +212,12 @@ async def _chat(
     view: ChatView,
 ) -> str:
     info = runner.factory.info()
+    kb = getattr(get_knowledge_base(), "description", "none")
     if not view.as_json:
-        console.print(f"[dim]model: {info.describe()} · storage: {runner.storage.description}[/]")
+        console.print(
+            f"[dim]model: {info.describe()} · storage: {runner.storage.description} · "
+            f"knowledge base: {kb}[/]"
+        )
     else:
         view.emit(
             {
@@ -220,6 +225,7 @@ async def _chat(
                 "provider": info.provider,
                 "model": info.model,
                 "storage": runner.storage.description,
+                "knowledge_base": kb,
             }
         )
     events: AsyncIterator[dict[str, Any]] | None = None
