@@ -39,6 +39,13 @@ kb_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kb_app, name="kb")
+keys_app = typer.Typer(
+    help="API keys for the HTTP server (mkt serve): create, list, revoke. Roles: viewer reads; "
+    "editor also starts runs and answers approvals; admin also manages keys. Without any key "
+    "the server runs open, and only on loopback.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -764,6 +771,47 @@ def feedback(
     console.print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Bind address. Without API keys only loopback is allowed.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 2024,
+    provider: ProviderOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the agents over HTTP: the LangGraph Server API (use `langgraph-sdk` or LangGraph
+    Studio) and a plain SSE chat endpoint. Graphs come from langgraph.json.
+
+    Examples:\n
+      mkt serve                      # http://127.0.0.1:2024, docs at /docs\n
+      DATABASE_URL=postgresql://... mkt db migrate && mkt serve --port 8123
+    """
+    import uvicorn
+
+    from app.server.app import create_app
+    from app.server.auth import InsecureBindError, startup_check
+    from app.storage import open_storage
+
+    settings = apply_provider_override(provider)
+
+    async def preflight() -> str:
+        async with open_storage(settings) as storage:
+            return await startup_check(storage.db, host)
+
+    try:
+        _run(preflight())  # refuse early, with exit code 2, what the server would refuse
+    except InsecureBindError as exc:
+        _fail(str(exc))
+    uvicorn.run(
+        create_app(settings, host=host),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Create or upgrade the checkpoint and app tables (needed once for Postgres)."""
@@ -773,7 +821,101 @@ def db_migrate() -> None:
     console.print(f"migrated {where}")
 
 
+# ---------------------------------------------------------------------------------------------
+# keys
+# ---------------------------------------------------------------------------------------------
+
+
+async def _with_db(action: Any) -> Any:
+    from app.storage import open_storage
+
+    async with open_storage() as storage:
+        return await action(storage.db)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer | editor | admin")],
+    tenant: Annotated[
+        str, typer.Option(help="Tenant the key acts for (lowercase letters, digits, . _ -).")
+    ],
+    name: Annotated[str, typer.Option(help="A label for people, e.g. who holds the key.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key and print it once (only its hash is stored: it cannot be shown again).
+
+    Example:\n
+      mkt keys create --role admin --tenant acme --name "ops laptop"
+    """
+    from app.apikeys import create_key
+
+    key, token = _run(_with_db(lambda db: create_key(db, role=role, tenant=tenant, name=name)))
+    if as_json:
+        print(json.dumps({**key.public(), "key": token}))
+        return
+    console.print(
+        f"created key [bold]{key.key_id}[/] ({key.role}, tenant {key.tenant}"
+        + (f", {key.name!r}" if key.name else "")
+        + ")"
+    )
+    console.print("store it now, it is not shown again:")
+    console.print(token, soft_wrap=True, markup=False)
+    console.print(
+        "[dim]send it as the x-api-key header or 'Authorization: Bearer <key>'; "
+        'langgraph-sdk: get_client(url=..., api_key="<key>")[/]'
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Hide revoked keys.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API keys (ids, names, roles, tenants, use; never the keys themselves)."""
+    from app.apikeys import list_keys
+
+    keys = _run(_with_db(lambda db: list_keys(db, tenant=tenant, include_revoked=not active)))
+    if as_json:
+        print(json.dumps([k.public() for k in keys]))
+        return
+    if not keys:
+        console.print(
+            "no API keys: the server runs open (loopback only). Create one with "
+            "mkt keys create --role admin --tenant NAME",
+            soft_wrap=True,
+        )
+        return
+    table = Table("key id", "name", "role", "tenant", "created (UTC)", "last used", "revoked")
+    for k in keys:
+        table.add_row(
+            k.key_id,
+            k.name,
+            k.role,
+            k.tenant,
+            k.created_at,
+            k.last_used_at or "never",
+            k.revoked_at or "",
+            style="dim" if k.revoked_at else None,
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `mkt keys list`.")],
+) -> None:
+    """Revoke an API key. Running servers stop accepting it within API_KEY_CACHE_S seconds."""
+    from app.apikeys import revoke_key
+
+    key = _run(_with_db(lambda db: revoke_key(db, key_id)))
+    console.print(f"revoked key {key.key_id} ({key.role}, tenant {key.tenant}) at {key.revoked_at}")
+
+
 def main() -> None:
+    from app.redact import install_log_redaction
+
+    install_log_redaction()  # credential patterns in every log record (the server adds its keys)
     app()
 
 

@@ -1,7 +1,11 @@
-"""The app's own tables (outbox, threads, runs) in the same database as the checkpoints.
+"""The app's own tables (outbox, threads, runs, run events) in the same database as the checkpoints.
 
 One SQL dialect serves both backends: SQL is written with `?` placeholders and ISO-8601 UTC text
 timestamps (which order correctly as text); the Postgres backend rewrites `?` to `%s`.
+
+Schema changes are versioned: `_DDL` is the version-1 baseline (idempotent `CREATE ... IF NOT
+EXISTS`), `_UPGRADES[n]` moves a database from version n-1 to n inside one transaction, so an
+existing SQLite file or Postgres database upgrades in place on `mkt db migrate` (SQLite: on open).
 """
 
 from __future__ import annotations
@@ -18,10 +22,21 @@ from typing import Any, Protocol
 import aiosqlite
 from psycopg_pool import AsyncConnectionPool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)""",
+    # API keys (app/apikeys.py): only a sha256 of each key is stored; the key is shown once
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        key_id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        role TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         id {serial} PRIMARY KEY,
         idempotency_key TEXT NOT NULL UNIQUE,
@@ -61,10 +76,64 @@ _DDL = [
     """CREATE INDEX IF NOT EXISTS runs_thread ON runs (thread_id, started_at)""",
 ]
 
+# version n-1 -> n; each list runs in one transaction together with the version bump
+_UPGRADES: dict[int, list[str]] = {
+    2: [
+        # threads: owner tenant, API metadata, the graph the thread runs
+        "ALTER TABLE threads ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE threads ADD COLUMN metadata TEXT NOT NULL DEFAULT '{{}}'",
+        "ALTER TABLE threads ADD COLUMN graph_id TEXT NOT NULL DEFAULT 'supervisor'",
+        "CREATE INDEX IF NOT EXISTS threads_tenant ON threads (tenant, updated_at)",
+        # runs: the queue (pending -> running -> terminal), leases, the request, cancellation
+        "ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE runs ADD COLUMN assistant_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN graph_id TEXT NOT NULL DEFAULT 'supervisor'",
+        "ALTER TABLE runs ADD COLUMN kwargs TEXT NOT NULL DEFAULT '{{}}'",
+        "ALTER TABLE runs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{{}}'",
+        "ALTER TABLE runs ADD COLUMN multitask_strategy TEXT NOT NULL DEFAULT 'reject'",
+        "ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_expires_at TEXT",
+        "ALTER TABLE runs ADD COLUMN cancel_action TEXT",
+        "ALTER TABLE runs ADD COLUMN before_checkpoint_id TEXT",
+        "ALTER TABLE runs ADD COLUMN updated_at TEXT",
+        # version-1 runs left 'running' by a killed process have no lease: they are over
+        "UPDATE runs SET status = 'error', error = 'the process running it stopped'"
+        " WHERE status = 'running'",
+        # at most one running run per thread, enforced by the database
+        "CREATE UNIQUE INDEX IF NOT EXISTS runs_one_running ON runs (thread_id)"
+        " WHERE status = 'running'",
+        "CREATE INDEX IF NOT EXISTS runs_queue ON runs (status, started_at)",
+        # the persisted stream of every run (SSE ids are these ids)
+        """CREATE TABLE IF NOT EXISTS run_events (
+            id {autoinc},
+            run_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS run_events_run ON run_events (run_id, id)",
+        "CREATE INDEX IF NOT EXISTS run_events_age ON run_events (created_at)",
+    ],
+}
+
+RUN_COLS = (
+    "run_id, thread_id, tenant, assistant_id, graph_id, status, kwargs, metadata,"
+    " multitask_strategy, attempt, lease_owner, lease_expires_at, cancel_action,"
+    " before_checkpoint_id, provider, usage, error, started_at, ended_at, updated_at"
+)
+ACTIVE = ("pending", "running")
+
 _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
 )
+
+_KEY_COLS = "key_id, key_hash, name, role, tenant, created_at, last_used_at, revoked_at"
+
+
+class ThreadBusyError(RuntimeError):
+    """The thread already has an active run (and the caller asked not to queue)."""
 
 
 class StorageNotMigratedError(RuntimeError):
@@ -82,6 +151,11 @@ def iso(ts: datetime) -> str:
     if ts.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     return ts.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def iso_us(ts: datetime) -> str:
+    """Microsecond timestamps for rows that are ordered (runs, events, leases)."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def outbox_key(thread_id: str, artifact_id: str, version: int) -> str:
@@ -180,13 +254,35 @@ class AppDB:
         return self._b.dialect
 
     # --- schema ---------------------------------------------------------------------------------
-    async def migrate(self) -> None:
-        serial = "INTEGER" if self.dialect == "sqlite" else "BIGSERIAL"
+    async def migrate(self) -> int:
+        """Create the baseline tables, then apply each pending upgrade in its own transaction
+        (the version row is locked, so concurrent migrations apply each step once)."""
+        sqlite = self.dialect == "sqlite"
+        fmt = {
+            "serial": "INTEGER" if sqlite else "BIGSERIAL",
+            "autoinc": "INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "BIGSERIAL PRIMARY KEY",
+        }
         for stmt in _DDL:
-            await self._b.execute(stmt.format(serial=serial))
+            await self._b.execute(stmt.format(**fmt))
+        async with self._b.transaction() as tx:
+            if not await tx.fetchall("SELECT version FROM app_schema"):
+                await tx.execute("INSERT INTO app_schema (version) VALUES (1)")
+        lock = "" if sqlite else " FOR UPDATE"
+        for target in sorted(_UPGRADES):
+            async with self._b.transaction() as tx:
+                version = int(
+                    (await tx.fetchall(f"SELECT version FROM app_schema{lock}"))[0]["version"]
+                )
+                if version >= target:
+                    continue
+                for stmt in _UPGRADES[target]:
+                    await tx.execute(stmt.format(**fmt))
+                await tx.execute("UPDATE app_schema SET version = ?", (target,))
+        return await self.schema_version()
+
+    async def schema_version(self) -> int:
         rows = await self._b.fetchall("SELECT version FROM app_schema")
-        if not rows:
-            await self._b.execute("INSERT INTO app_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        return int(rows[0]["version"]) if rows else 0
 
     async def is_migrated(self) -> bool:
         table_sql = (
@@ -195,7 +291,9 @@ class AppDB:
             else "SELECT to_regclass('app_schema') IS NOT NULL AS name"
         )
         rows = await self._b.fetchall(table_sql)
-        return bool(rows) and bool(rows[0]["name"])
+        return (
+            bool(rows) and bool(rows[0]["name"]) and await self.schema_version() >= SCHEMA_VERSION
+        )
 
     # --- outbox ---------------------------------------------------------------------------------
     async def enqueue(
@@ -279,28 +377,135 @@ class AppDB:
             (iso(utcnow()), external_id, outbox_id),
         )
 
-    # --- threads and runs -----------------------------------------------------------------------
+    # --- threads ---------------------------------------------------------------------------------
     async def touch_thread(
-        self, thread_id: str, *, title: str = "", status: str, context: dict[str, Any] | None = None
+        self,
+        thread_id: str,
+        *,
+        title: str = "",
+        status: str,
+        context: dict[str, Any] | None = None,
+        tenant: str = "default",
     ) -> None:
         now = iso(utcnow())
         await self._b.execute(
-            "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET status ="
+            "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at, tenant)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET status ="
             " excluded.status, updated_at = excluded.updated_at,"
             " title = CASE WHEN threads.title = '' THEN excluded.title ELSE threads.title END,"
             " context = CASE WHEN excluded.context = '{}' THEN threads.context"
             " ELSE excluded.context END",
-            (thread_id, title[:200], status, json.dumps(context or {}), now, now),
+            (thread_id, title[:200], status, json.dumps(context or {}), now, now, tenant),
         )
 
-    async def get_thread(self, thread_id: str) -> dict[str, Any] | None:
-        rows = await self._b.fetchall("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
-        if not rows:
-            return None
-        row = rows[0]
-        row["context"] = json.loads(row["context"] or "{}")
-        return row
+    async def create_thread(
+        self,
+        thread_id: str,
+        *,
+        tenant: str,
+        metadata: dict[str, Any],
+        graph_id: str,
+        status: str = "idle",
+    ) -> tuple[dict[str, Any], bool]:
+        """Insert a thread; returns (row, created). An existing id is never taken over: a row of
+        another tenant is reported as not created and not returned (the caller answers 409)."""
+        now = iso_us(utcnow())
+        created = (
+            await self._b.execute(
+                "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at,"
+                " tenant, metadata, graph_id) VALUES (?, '', ?, '{}', ?, ?, ?, ?, ?)"
+                " ON CONFLICT (thread_id) DO NOTHING",
+                (thread_id, status, now, now, tenant, json.dumps(metadata), graph_id),
+            )
+            == 1
+        )
+        row = await self.get_thread(thread_id)
+        assert row is not None
+        return row, created
+
+    async def get_thread(self, thread_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """One thread; with `tenant`, only when it belongs to that tenant."""
+        sql, params = "SELECT * FROM threads WHERE thread_id = ?", [thread_id]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        rows = await self._b.fetchall(sql, params)
+        return _thread_row(rows[0]) if rows else None
+
+    async def search_threads(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        sort_by: str = "created_at",
+        descending: bool = True,
+    ) -> list[dict[str, Any]]:
+        """A tenant's threads; `metadata` matches top-level keys exactly (filtered here, so it
+        works the same on both backends)."""
+        where, params = ["tenant = ?"], [tenant]
+        if status:
+            # `unfinished` (a CLI run stopped mid-way) is `idle` on the wire
+            statuses = ["idle", "unfinished"] if status == "idle" else [status]
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += statuses
+        if ids:
+            where.append(f"thread_id IN ({', '.join('?' * len(ids))})")
+            params += list(ids)
+        if sort_by not in ("created_at", "updated_at", "thread_id", "status"):
+            sort_by = "created_at"
+        order = f"{sort_by} {'DESC' if descending else 'ASC'}, thread_id"
+        sql = f"SELECT * FROM threads WHERE {' AND '.join(where)} ORDER BY {order}"
+        if not metadata:
+            rows = await self._b.fetchall(f"{sql} LIMIT ? OFFSET ?", (*params, limit, offset))
+            return [_thread_row(r) for r in rows]
+        matched = [
+            row
+            for row in map(_thread_row, await self._b.fetchall(sql, params))
+            if all(row["metadata"].get(k) == v for k, v in metadata.items())
+        ]
+        return matched[offset : offset + limit]
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        status: str | None = None,
+        graph_id: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        """Merge `metadata` keys, set status / graph / saved context."""
+        sets, params = ["updated_at = ?"], [iso_us(utcnow())]
+        if metadata is not None:
+            row = await self.get_thread(thread_id)
+            merged = {**(row["metadata"] if row else {}), **metadata}
+            sets.append("metadata = ?")
+            params.append(json.dumps(merged))
+        if status is not None:
+            sets.append("status = ?")
+            params.append(status)
+        if graph_id is not None:
+            sets.append("graph_id = ?")
+            params.append(graph_id)
+        if context is not None:
+            sets.append("context = ?")
+            params.append(json.dumps(context))
+        await self._b.execute(
+            f"UPDATE threads SET {', '.join(sets)} WHERE thread_id = ?", (*params, thread_id)
+        )
+
+    async def delete_thread(self, thread_id: str) -> None:
+        async with self._b.transaction() as tx:
+            await tx.execute(
+                "DELETE FROM run_events WHERE run_id IN (SELECT run_id FROM runs WHERE thread_id = ?)",
+                (thread_id,),
+            )
+            await tx.execute("DELETE FROM runs WHERE thread_id = ?", (thread_id,))
+            await tx.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
 
     async def list_threads(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._b.fetchall(
@@ -309,28 +514,378 @@ class AppDB:
             (limit,),
         )
 
-    async def start_run(self, run_id: str, thread_id: str, provider: str) -> None:
+    # --- runs: the queue ----------------------------------------------------------------------
+    async def enqueue_run(
+        self,
+        *,
+        run_id: str,
+        thread_id: str,
+        tenant: str,
+        assistant_id: str,
+        graph_id: str,
+        kwargs: dict[str, Any],
+        metadata: dict[str, Any],
+        multitask_strategy: str,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Queue a run as `pending`; returns (run, active runs it found on the thread). With
+        `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
+        and the insert are one transaction holding the thread row (Postgres `FOR UPDATE`; SQLite
+        `BEGIN IMMEDIATE`), so two requests cannot both pass the check."""
+        lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
+        now = iso_us(utcnow())
+        async with self._b.transaction() as tx:
+            await tx.fetchall(
+                f"SELECT thread_id FROM threads WHERE thread_id = ?{lock}", (thread_id,)
+            )
+            active = await tx.fetchall(
+                f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ? AND status IN ('pending', 'running')"
+                " ORDER BY started_at",
+                (thread_id,),
+            )
+            if active and multitask_strategy == "reject":
+                raise ThreadBusyError(thread_id)
+            await tx.execute(
+                "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status, kwargs,"
+                " metadata, multitask_strategy, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    thread_id,
+                    tenant,
+                    assistant_id,
+                    graph_id,
+                    json.dumps(kwargs),
+                    json.dumps(metadata),
+                    multitask_strategy,
+                    now,
+                    now,
+                ),
+            )
+            rows = await tx.fetchall(f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (run_id,))
+        return _run_row(rows[0]), [_run_row(r) for r in active]
+
+    async def claim_runs(
+        self, owner: str, lease_until: datetime, limit: int
+    ) -> list[dict[str, Any]]:
+        """Move up to `limit` pending runs to `running` under `owner`'s lease: for each thread only
+        its oldest pending run, and only when the thread has no running run. The partial unique
+        index `runs_one_running` makes a lost race a unique violation, which is skipped."""
+        if limit <= 0:
+            return []
+        candidates = await self._b.fetchall(
+            "SELECT run_id FROM runs r WHERE status = 'pending'"
+            " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
+            "   AND x.status = 'running')"
+            " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
+            "   AND y.status = 'pending' AND y.started_at < r.started_at)"
+            " ORDER BY started_at LIMIT ?",
+            (limit,),
+        )
+        claimed: list[dict[str, Any]] = []
+        for cand in candidates:
+            try:
+                rows = await self._b.fetchall(
+                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+                    " attempt = attempt + 1, updated_at = ? WHERE run_id = ? AND status = 'pending'"
+                    f" RETURNING {RUN_COLS}",
+                    (owner, iso_us(lease_until), iso_us(utcnow()), cand["run_id"]),
+                )
+            except Exception as exc:
+                if not is_unique_violation(exc):
+                    raise
+                continue
+            claimed += [_run_row(r) for r in rows]
+        return claimed
+
+    async def start_run_now(
+        self,
+        run_id: str,
+        thread_id: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        *,
+        tenant: str = "default",
+        graph_id: str = "supervisor",
+    ) -> None:
+        """A run that starts at once under `owner`'s lease (the CLI). `ThreadBusyError` when the
+        thread already has a running run (the unique index decides)."""
+        now = iso_us(utcnow())
+        try:
+            await self._b.execute(
+                "INSERT INTO runs (run_id, thread_id, tenant, graph_id, assistant_id, status,"
+                " provider, attempt, lease_owner, lease_expires_at, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    thread_id,
+                    tenant,
+                    graph_id,
+                    graph_id,
+                    provider,
+                    owner,
+                    iso_us(lease_until),
+                    now,
+                    now,
+                ),
+            )
+        except Exception as exc:
+            if is_unique_violation(exc):
+                raise ThreadBusyError(thread_id) from exc
+            raise
+
+    async def running_run(self, thread_id: str) -> dict[str, Any] | None:
+        rows = await self._b.fetchall(
+            f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ? AND status = 'running'", (thread_id,)
+        )
+        return _run_row(rows[0]) if rows else None
+
+    async def renew_lease(
+        self, run_id: str, owner: str, lease_until: datetime
+    ) -> str | bool | None:
+        """Extend the lease; returns the requested cancel action (None when none), or False when
+        the lease is no longer ours (the run finished elsewhere or was taken over)."""
+        rows = await self._b.fetchall(
+            "UPDATE runs SET lease_expires_at = ? WHERE run_id = ? AND lease_owner = ?"
+            " AND status = 'running' RETURNING cancel_action",
+            (iso_us(lease_until), run_id, owner),
+        )
+        if not rows:
+            return False
+        action = rows[0]["cancel_action"]
+        return str(action) if action else None
+
+    async def running_runs(self) -> list[dict[str, Any]]:
+        """Every running run with its lease (the sweeper decides which are stale)."""
+        rows = await self._b.fetchall(f"SELECT {RUN_COLS} FROM runs WHERE status = 'running'")
+        return [_run_row(r) for r in rows]
+
+    async def requeue_run(self, run_id: str, owner: str | None) -> bool:
+        """Give a running run back to the queue (its lease expired, its process died, or a
+        shutdown released it); compare-and-set on the owner so only one sweeper wins."""
+        sql = (
+            "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
+            " updated_at = ? WHERE run_id = ? AND status = 'running'"
+        )
+        params: list[Any] = [iso_us(utcnow()), run_id]
+        if owner is None:
+            sql += " AND lease_owner IS NULL"
+        else:
+            sql += " AND lease_owner = ?"
+            params.append(owner)
+        return await self._b.execute(sql, params) == 1
+
+    async def set_run_fields(self, run_id: str, **fields: Any) -> None:
+        allowed = {"before_checkpoint_id", "provider", "cancel_action", "kwargs"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"not settable: {sorted(bad)}")
+        sets = [f"{k} = ?" for k in fields]
+        values = [json.dumps(v) if k == "kwargs" else v for k, v in fields.items()]
         await self._b.execute(
-            "INSERT INTO runs (run_id, thread_id, status, provider, started_at)"
-            " VALUES (?, ?, 'running', ?, ?)",
-            (run_id, thread_id, provider, iso(utcnow())),
+            f"UPDATE runs SET {', '.join(sets)}, updated_at = ? WHERE run_id = ?",
+            (*values, iso_us(utcnow()), run_id),
+        )
+
+    async def request_cancel(self, run_id: str, action: str) -> dict[str, Any] | None:
+        """Cancel a run: a pending one ends now (`interrupted`); a running one is flagged and its
+        worker stops it (it sees the flag on its next heartbeat, or at once in-process)."""
+        now = iso_us(utcnow())
+        await self._b.execute(
+            "UPDATE runs SET status = 'interrupted', cancel_action = ?, ended_at = ?, updated_at = ?"
+            " WHERE run_id = ? AND status = 'pending'",
+            (action, now, now, run_id),
+        )
+        await self._b.execute(
+            "UPDATE runs SET cancel_action = ?, updated_at = ? WHERE run_id = ? AND status = 'running'",
+            (action, now, run_id),
+        )
+        return await self.get_run(run_id)
+
+    async def start_run(self, run_id: str, thread_id: str, provider: str) -> None:
+        """A run without a lease (kept for callers outside the queue; the CLI uses leases)."""
+        now = iso_us(utcnow())
+        await self._b.execute(
+            "INSERT INTO runs (run_id, thread_id, status, provider, attempt, started_at, updated_at)"
+            " VALUES (?, ?, 'running', ?, 1, ?, ?)",
+            (run_id, thread_id, provider, now, now),
         )
 
     async def finish_run(
-        self, run_id: str, status: str, usage: dict[str, Any], error: str | None = None
-    ) -> None:
-        await self._b.execute(
-            "UPDATE runs SET status = ?, usage = ?, error = ?, ended_at = ? WHERE run_id = ?",
-            (status, json.dumps(usage), error, iso(utcnow()), run_id),
+        self,
+        run_id: str,
+        status: str,
+        usage: dict[str, Any],
+        error: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> bool:
+        """Record the end of a run; with `owner`, only while that owner still holds it."""
+        now = iso_us(utcnow())
+        sql = (
+            "UPDATE runs SET status = ?, usage = ?, error = ?, ended_at = ?, updated_at = ?,"
+            " lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?"
+        )
+        params: list[Any] = [status, json.dumps(usage), error, now, now, run_id]
+        if owner is not None:
+            sql += " AND lease_owner = ? AND status = 'running'"
+            params.append(owner)
+        return await self._b.execute(sql, params) == 1
+
+    async def get_run(
+        self, run_id: str, *, tenant: str | None = None, thread_id: str | None = None
+    ) -> dict[str, Any] | None:
+        sql, params = f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", [run_id]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        if thread_id is not None:
+            sql += " AND thread_id = ?"
+            params.append(thread_id)
+        rows = await self._b.fetchall(sql, params)
+        return _run_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        thread_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        sql, params = f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ?", [thread_id]
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        sql += f" ORDER BY started_at {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
+        return [_run_row(r) for r in await self._b.fetchall(sql, (*params, limit, offset))]
+
+    async def active_runs(self, thread_id: str) -> list[dict[str, Any]]:
+        rows = await self._b.fetchall(
+            f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ? AND status IN ('pending', 'running')"
+            " ORDER BY started_at",
+            (thread_id,),
+        )
+        return [_run_row(r) for r in rows]
+
+    async def delete_run(self, run_id: str) -> None:
+        async with self._b.transaction() as tx:
+            await tx.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
+            await tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    # --- run events (the persisted stream) ----------------------------------------------------
+    async def append_events(self, run_id: str, events: Sequence[tuple[str, str]]) -> list[int]:
+        """Append (event name, JSON text) pairs in order; returns their ids (monotonic)."""
+        now = iso_us(utcnow())
+        ids: list[int] = []
+        async with self._b.transaction() as tx:
+            for name, data in events:
+                rows = await tx.fetchall(
+                    "INSERT INTO run_events (run_id, event, data, created_at) VALUES (?, ?, ?, ?)"
+                    " RETURNING id",
+                    (run_id, name, data, now),
+                )
+                ids.append(int(rows[0]["id"]))
+        return ids
+
+    async def events_after(
+        self, run_id: str, after_id: int, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        return await self._b.fetchall(
+            "SELECT id, event, data FROM run_events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (run_id, after_id, limit),
         )
 
-    async def list_runs(self, thread_id: str) -> list[dict[str, Any]]:
-        rows = await self._b.fetchall(
-            "SELECT * FROM runs WHERE thread_id = ? ORDER BY started_at", (thread_id,)
+    async def prune_events(self, older_than: datetime) -> int:
+        """Delete the event logs of runs that ended before `older_than`."""
+        return await self._b.execute(
+            "DELETE FROM run_events WHERE run_id IN (SELECT run_id FROM runs WHERE ended_at IS NOT"
+            " NULL AND ended_at < ?)",
+            (iso_us(older_than),),
         )
-        for row in rows:
-            row["usage"] = json.loads(row["usage"] or "{}")
-        return rows
+
+    # --- API keys (hashes only; see app/apikeys.py) -------------------------------------------
+    async def insert_api_key(
+        self, *, key_id: str, key_hash: str, name: str, role: str, tenant: str
+    ) -> dict[str, Any]:
+        await self._b.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, role, tenant, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key_id, key_hash, name, role, tenant, iso(utcnow())),
+        )
+        row = await self.get_api_key(key_id)
+        assert row is not None
+        return row
+
+    async def get_api_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._b.fetchall(
+            f"SELECT {_KEY_COLS} FROM api_keys WHERE key_id = ?", (key_id,)
+        )
+        return rows[0] if rows else None
+
+    async def list_api_keys(
+        self, *, tenant: str | None = None, include_revoked: bool = True
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if not include_revoked:
+            where.append("revoked_at IS NULL")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return await self._b.fetchall(
+            f"SELECT {_KEY_COLS} FROM api_keys{clause} ORDER BY created_at, key_id", params
+        )
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """True when the key was active and is now revoked."""
+        return (
+            await self._b.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (iso(utcnow()), key_id),
+            )
+            == 1
+        )
+
+    async def count_active_api_keys(self) -> int:
+        rows = await self._b.fetchall("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        return int(rows[0]["n"])
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        await self._b.execute(
+            "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (iso(when), key_id)
+        )
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    import sqlite3
+
+    import psycopg.errors
+
+    return isinstance(exc, psycopg.errors.UniqueViolation) or (
+        isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+    )
+
+
+def _loads(value: Any, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _thread_row(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["context"] = _loads(row.get("context"), {})
+    row["metadata"] = _loads(row.get("metadata"), {})
+    return row
+
+
+def _run_row(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    for key in ("kwargs", "metadata", "usage"):
+        row[key] = _loads(row.get(key), {})
+    return row
 
 
 async def open_sqlite_db(path: Path) -> tuple[AppDB, aiosqlite.Connection]:

@@ -12,6 +12,8 @@ class AppError(Exception):
 
 
 class EmptyRequestError(AppError):
+    status = 422
+
     def __init__(self) -> None:
         super().__init__("the request is empty: say what the team should do")
 

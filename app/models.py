@@ -130,7 +130,7 @@ class ModelFactory:
     def _build(self, name: str) -> BaseChatModel:
         s = self.settings
         if self.provider == "scripted":
-            return ScriptedChatModel()
+            return ScriptedChatModel(latency_s=s.scripted_latency_ms / 1000.0)
         if self.provider == "local":
             return ChatOpenAI(
                 model=name,

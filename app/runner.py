@@ -26,7 +26,9 @@ from app.errors import (
     ResumeValueError,
     ThreadNotFoundError,
 )
+from app.leases import keep_lease, new_owner, start_run_with_lease
 from app.models import ModelFactory
+from app.settings import get_settings
 from app.storage import Storage, set_active_db
 from graphs.context import MarketingContext
 from graphs.publishing import check_edit, pending_platform
@@ -76,8 +78,10 @@ class Runner:
     def config(thread_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
 
-    async def view(self, thread_id: str) -> ThreadView:
-        snap = await self.graph.aget_state(self.config(thread_id))
+    async def view(self, thread_id: str, graph: Any = None) -> ThreadView:
+        """The thread as the supervisor (or `graph`, a served graph on the same checkpointer)
+        sees it."""
+        snap = await (graph or self.graph).aget_state(self.config(thread_id))
         if not snap.values and not snap.next:
             return ThreadView(thread_id, exists=False, status="new")
         interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]
@@ -92,21 +96,48 @@ class Runner:
         saved = row["context"] if row else {}
         return parse_context({**saved, **(overrides or {})})
 
-    # --- entry points -----------------------------------------------------------------------------
-    async def send(
-        self, thread_id: str | None, request: str, context: dict[str, Any] | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """A new user turn (a new thread when `thread_id` is None)."""
+    # --- validation shared by the CLI and the HTTP server ------------------------------------------
+    @staticmethod
+    def check_request_text(request: str) -> str:
         text = (request or "").strip()
         if not text:
             raise EmptyRequestError()
         if len(text) > MAX_REQUEST_CHARS:
             raise InvalidContextError(f"the request is longer than {MAX_REQUEST_CHARS} characters")
+        return text
+
+    @staticmethod
+    def check_new_turn(view: ThreadView) -> None:
+        """A new request may not skip a pending approval."""
+        if view.status == "interrupted":
+            raise PendingApprovalError(view.thread_id)
+
+    @classmethod
+    def check_resume(cls, view: ThreadView, value: Any, ctx: MarketingContext) -> None:
+        """A resume needs a pending interrupt; approval answers are validated against it."""
+        if not view.exists:
+            raise ThreadNotFoundError(view.thread_id)
+        if view.status != "interrupted":
+            raise NotInterruptedError(view.thread_id)
+        pending = view.interrupts[0]["value"]
+        if (
+            isinstance(pending, list)
+            and pending
+            and isinstance(pending[0], dict)
+            and "action_request" in pending[0]
+        ):
+            cls.validate_resume(value, pending, ctx)
+
+    # --- entry points -----------------------------------------------------------------------------
+    async def send(
+        self, thread_id: str | None, request: str, context: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A new user turn (a new thread when `thread_id` is None)."""
+        text = self.check_request_text(request)
         thread_id = thread_id or str(uuid.uuid4())
         ctx = await self.context_for(thread_id, context)
         view = await self.view(thread_id)
-        if view.status == "interrupted":
-            raise PendingApprovalError(thread_id)
+        self.check_new_turn(view)
         await self.storage.db.touch_thread(
             thread_id, title=text[:120], status="busy", context=ctx.model_dump()
         )
@@ -119,12 +150,8 @@ class Runner:
     ) -> AsyncIterator[dict[str, Any]]:
         """Answer the pending approval (accept / edit / respond / ignore, or a list of one)."""
         view = await self.view(thread_id)
-        if not view.exists:
-            raise ThreadNotFoundError(thread_id)
-        if view.status != "interrupted":
-            raise NotInterruptedError(thread_id)
         ctx = await self.context_for(thread_id, context)
-        self.validate_resume(value, view.interrupts[0]["value"], ctx)
+        self.check_resume(view, value, ctx)
         await self.storage.db.touch_thread(thread_id, status="busy")
         async for event in self._run(thread_id, Command(resume=value), ctx, view):
             yield event
@@ -156,14 +183,26 @@ class Runner:
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one run; `before` is the thread as read just before it (for usage deltas)."""
         run_id = str(uuid.uuid4())
-        await self.storage.db.start_run(run_id, thread_id, self.factory.info().describe())
+        owner = new_owner()
+        lease_s = get_settings().run_lease_s
+        db = self.storage.db
+        await start_run_with_lease(
+            db, run_id, thread_id, self.factory.info().describe(), owner, lease_s
+        )
         yield {"type": "run", "run_id": run_id, "thread_id": thread_id}
         status = "error"
         error: str | None = None
         view: ThreadView | None = None
+        me = asyncio.current_task()
+
+        def stop(*_: Any) -> None:  # cancelled over the API, or the lease was taken over
+            if me is not None:
+                me.cancel()
+
         try:
-            async for event in self._stream(thread_id, payload, ctx):
-                yield event
+            async with keep_lease(db, run_id, owner, lease_s, stop, stop):
+                async for event in self._stream(thread_id, payload, ctx):
+                    yield event
             view = await self.view(thread_id)
             status = "interrupted" if view.status == "interrupted" else "success"
             for intr in view.interrupts[:1]:
@@ -180,7 +219,7 @@ class Runner:
         finally:
             after = view or await self.view(thread_id)
             usage = _usage_delta(before.values.get("usage") or {}, after.values.get("usage") or {})
-            await self.storage.db.finish_run(run_id, status, usage, error)
+            await self.storage.db.finish_run(run_id, status, usage, error, owner=owner)
             await self.storage.db.touch_thread(
                 thread_id,
                 status=THREAD_STATUS.get(status, "error"),
@@ -202,44 +241,61 @@ class Runner:
             ns, mode, chunk = cast(tuple[tuple[str, ...], str, Any], part)
             if ns:
                 continue
-            if mode == "tasks" and chunk.get("name") in AGENT_NODES:
-                if "input" in chunk:
-                    inp = chunk["input"]
-                    yield {
-                        "type": "agent_start",
-                        "agent": chunk["name"],
-                        "step": inp.get("step_id"),
-                        "task": inp.get("task", ""),
-                    }
-                elif not chunk.get("interrupts") and chunk.get("error") is None:
-                    for res in (chunk.get("result") or {}).get("results", {}).values():
-                        yield {
-                            "type": "agent_done",
-                            "agent": chunk["name"],
-                            "step": res["step_id"],
-                            "status": res["status"],
-                            "summary": res["summary"],
-                        }
-            elif mode == "tasks" and chunk.get("name") == "plan" and "result" in chunk:
-                plan = (chunk.get("result") or {}).get("plan") or {}
-                yield {
-                    "type": "plan",
-                    "action": plan.get("action"),
-                    "steps": [
-                        {"id": s["id"], "agent": s["agent"], "depends_on": s["depends_on"]}
-                        for s in plan.get("steps") or []
-                    ],
-                    "publish_at": plan.get("publish_at_iso"),
-                    "notes": plan.get("notes") or [],
+            for event in progress_events(mode, chunk):
+                yield event
+
+
+def progress_events(mode: str, chunk: Any) -> list[dict[str, Any]]:
+    """Supervisor-level progress for people (plan, agent start/done, answer tokens) from one
+    `tasks` or `messages` stream chunk; works on live objects and on their JSON form (the
+    server's chat endpoint reads them back from the event log)."""
+    if mode == "tasks" and chunk.get("name") in AGENT_NODES:
+        if "input" in chunk:
+            inp = chunk["input"] or {}
+            return [
+                {
+                    "type": "agent_start",
+                    "agent": chunk["name"],
+                    "step": inp.get("step_id"),
+                    "task": inp.get("task", ""),
                 }
-            elif mode == "messages":
-                message, meta = chunk
-                if (
-                    meta.get("langgraph_node") == "answer"
-                    and isinstance(message, AIMessageChunk)
-                    and message.content
-                ):
-                    yield {"type": "token", "text": str(message.content)}
+            ]
+        if not chunk.get("interrupts") and chunk.get("error") is None:
+            return [
+                {
+                    "type": "agent_done",
+                    "agent": chunk["name"],
+                    "step": res["step_id"],
+                    "status": res["status"],
+                    "summary": res["summary"],
+                }
+                for res in (chunk.get("result") or {}).get("results", {}).values()
+            ]
+    elif mode == "tasks" and chunk.get("name") == "plan" and "result" in chunk:
+        plan = (chunk.get("result") or {}).get("plan") or {}
+        return [
+            {
+                "type": "plan",
+                "action": plan.get("action"),
+                "steps": [
+                    {"id": s["id"], "agent": s["agent"], "depends_on": s["depends_on"]}
+                    for s in plan.get("steps") or []
+                ],
+                "publish_at": plan.get("publish_at_iso"),
+                "notes": plan.get("notes") or [],
+            }
+        ]
+    elif mode == "messages":
+        message, meta = chunk
+        if isinstance(message, dict):
+            is_chunk = message.get("type") == "AIMessageChunk"
+            content = message.get("content")
+        else:
+            is_chunk = isinstance(message, AIMessageChunk)
+            content = message.content
+        if meta.get("langgraph_node") == "answer" and is_chunk and content:
+            return [{"type": "token", "text": str(content)}]
+    return []
 
 
 def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ assert on exactly what a model received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -75,6 +77,9 @@ class ScriptedChatModel(BaseChatModel):
     """Deterministic stand-in for an LLM; see the module docstring."""
 
     model_name: str = SCRIPTED_MODEL_NAME
+    latency_s: float = (
+        0.0  # simulated model latency per call (SCRIPTED_LATENCY_MS; benchmarks, demos)
+    )
 
     @property
     def _llm_type(self) -> str:
@@ -263,6 +268,8 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         msg = self._respond(messages, kwargs.get("tools"))
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
@@ -273,8 +280,23 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         msg = self._respond(messages, kwargs.get("tools"))
         yield from self._chunks(msg, run_manager)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        # in a worker thread: the heuristics (dateparser) block, and `langgraph dev` forbids that
+        msg = await asyncio.to_thread(self._respond, messages, kwargs.get("tools"))
+        return ChatResult(generations=[ChatGeneration(message=msg)])
 
     async def _astream(
         self,
@@ -283,7 +305,9 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        msg = self._respond(messages, kwargs.get("tools"))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        msg = await asyncio.to_thread(self._respond, messages, kwargs.get("tools"))
         for chunk in self._chunks(msg, None):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Ordered fallback model names (comma separated), tried with with_fallbacks.",
     )
+    scripted_latency_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=600_000,
+        description="Simulated latency per scripted-model call (load tests).",
+    )
     model_temperature: float = 0.3
     model_timeout_s: float = 120.0
     model_max_retries: int = 2
@@ -99,8 +105,71 @@ class Settings(BaseSettings):
     kb_chunk_chars: int = Field(1200, ge=200, le=20000, description="Target chunk size.")
     kb_chunk_overlap: int = Field(200, ge=0, le=5000, description="Overlap between chunks.")
 
+    # --- runs and the HTTP server (`mkt serve`) -----------------------------------------------------
+    run_lease_s: float = Field(
+        30.0, gt=1, description="A running run's lease; its worker renews it every third of this."
+    )
+    run_max_attempts: int = Field(
+        3, ge=1, description="Attempts before a run whose workers keep dying is marked error."
+    )
+    run_sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often a server looks for runs whose lease expired."
+    )
+    run_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often a worker polls the queue for runs created elsewhere."
+    )
+    worker_concurrency: int = Field(8, ge=1, description="Runs one server executes at once.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On shutdown, how long active runs may take to finish."
+    )
+    sse_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="Heartbeat comments on idle SSE streams (keep under proxy timeouts).",
+    )
+    sse_send_timeout_s: float = Field(
+        30.0, gt=0, description="Give up on a client that stops reading."
+    )
+    event_retention_hours: float = Field(
+        168.0, gt=0, description="Event logs of runs that ended longer ago than this are deleted."
+    )
+    langgraph_config: Path | None = Field(
+        None, description="langgraph.json listing the served graphs (default: the repository's)."
+    )
+
     # --- tools --------------------------------------------------------------------------------
     tavily_api_key: SecretStr | None = None
+
+    # --- HTTP server: limits, CORS, auth (app/server/security.py, app/server/auth.py) ------------
+    api_body_limit_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    rate_limit: str | None = Field(
+        "120/minute",
+        description="Per API key (per client IP in open mode), in `limits` notation, e.g. "
+        "'120/minute' or '20/second;1000/hour'; empty = no limit. Over it: 429 with Retry-After.",
+    )
+    auth_failure_rate_limit: str | None = Field(
+        "30/minute",
+        description="Requests with an unknown or revoked key allowed per client IP before 429.",
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:6379/0 - share rate-limit counters between server "
+        "processes; unset = in-process memory.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://smith.langchain.com"],
+        description="Browser origins allowed to call the API (comma separated; LangGraph Studio "
+        "is https://smith.langchain.com); empty = none.",
+    )
+    api_key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long a key lookup is cached in process; a revoked key stops working "
+        "within this time.",
+    )
 
     @field_validator("model_fallbacks", mode="before")
     @classmethod
@@ -117,6 +186,37 @@ class Settings(BaseSettings):
                 f"({self.kb_chunk_chars})"
             )
         return self
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit", "auth_failure_rate_limit", mode="before")
+    @classmethod
+    def _check_rate_limit(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"cannot read rate limit {value!r}: write it like '120/minute' or "
+                    "'20/second;1000/hour'"
+                ) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("REDIS_URL must start with redis:// or rediss://")
+        return value
 
     @field_validator("agent_models")
     @classmethod

@@ -8,10 +8,11 @@ checkpointer, the HTTP API and Studio. Model outputs are validated with the pyda
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict  # pydantic (API schemas) needs it on Python < 3.12
 
 AgentName = Literal["research", "content", "social", "publishing"]
 ArtifactKind = Literal["blog", "email", "landing_page", "post"]

@@ -1,33 +1,142 @@
-"""Prometheus metrics hooks.
+"""Prometheus metrics for `GET /metrics`.
 
-INTERFACE (stable, called by the run executor and stream routes; no-ops until implemented):
+INTERFACE (stable, called by the run executor and stream routes):
 `run_started()`, `run_finished(status, duration_s)`, `stream_opened()`, `stream_closed()`,
-`usage_recorded(agent, input_tokens, output_tokens, cost_usd)`; `render() -> (bytes, content_type)`
-for `GET /metrics`.
+`usage_recorded(agent, input_tokens, output_tokens, cost_usd)`; `render(accept=None) ->
+(bytes, content_type)` for `GET /metrics` (pass the request's Accept header to negotiate). Also `rate_limited()` and `auth_failed(reason)` (called by the security layer).
+
+The series live in a registry of our own (not `prometheus_client`'s global default), so a test can
+start from zero with `reset()` and nothing else in the process (other libraries' collectors)
+leaks into the exposition:
+
+| series | type | labels |
+| --- | --- | --- |
+| `mkt_runs_started_total` | counter | |
+| `mkt_runs_total` | counter | `status` (success, error, interrupted, timeout, cancelled, ...) |
+| `mkt_run_duration_seconds` | histogram | `status` |
+| `mkt_active_runs` | gauge | |
+| `mkt_active_streams` | gauge | |
+| `mkt_tokens_total` | counter | `agent`, `direction` (input, output) |
+| `mkt_cost_usd_total` | counter | `agent` |
+| `mkt_rate_limited_total` | counter | |
+| `mkt_auth_failures_total` | counter | `reason` (missing, unknown, revoked, no_keys) |
 """
 
 from __future__ import annotations
 
+import re
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+# agent runs take from milliseconds (scripted model) to minutes (a real model writing a campaign)
+RUN_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_LABEL = re.compile(r"[^a-z0-9_:-]")
+
+
+def _label(value: str) -> str:
+    """Label values come from our own code, but keep them short and tame anyway (cardinality)."""
+    return _LABEL.sub("_", value.strip().lower())[:40] or "unknown"
+
+
+class Metrics:
+    """One set of series in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs_started = Counter(
+            "mkt_runs_started", "Runs started (including resumes).", registry=r
+        )
+        self.runs = Counter("mkt_runs", "Runs finished, by final status.", ["status"], registry=r)
+        self.run_duration = Histogram(
+            "mkt_run_duration_seconds",
+            "Wall time of finished runs, by final status.",
+            ["status"],
+            buckets=RUN_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.active_runs = Gauge("mkt_active_runs", "Runs executing now.", registry=r)
+        self.active_streams = Gauge(
+            "mkt_active_streams", "Open SSE streams (run streams and joins).", registry=r
+        )
+        self.tokens = Counter(
+            "mkt_tokens",
+            "Model tokens used, by agent and direction (input, output).",
+            ["agent", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "mkt_cost_usd", "Model cost in US dollars, by agent.", ["agent"], registry=r
+        )
+        self.rate_limited_requests = Counter(
+            "mkt_rate_limited", "Requests refused with 429.", registry=r
+        )
+        self.auth_failures = Counter(
+            "mkt_auth_failures", "Requests refused with 401, by reason.", ["reason"], registry=r
+        )
+
+
+_lock = threading.Lock()
+_current = Metrics()
+
+
+def current() -> Metrics:
+    return _current
+
+
+def reset() -> Metrics:
+    """Start every series from zero (tests; a fresh server process starts at zero anyway)."""
+    global _current
+    with _lock:
+        _current = Metrics()
+    return _current
+
 
 def run_started() -> None:
-    return None
+    m = _current
+    m.runs_started.inc()
+    m.active_runs.inc()
 
 
 def run_finished(status: str, duration_s: float) -> None:
-    return None
+    m = _current
+    label = _label(status)
+    m.active_runs.dec()
+    m.runs.labels(status=label).inc()
+    m.run_duration.labels(status=label).observe(max(0.0, duration_s))
 
 
 def stream_opened() -> None:
-    return None
+    _current.active_streams.inc()
 
 
 def stream_closed() -> None:
-    return None
+    _current.active_streams.dec()
 
 
 def usage_recorded(agent: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
-    return None
+    m = _current
+    name = _label(agent)
+    if input_tokens > 0:
+        m.tokens.labels(agent=name, direction="input").inc(input_tokens)
+    if output_tokens > 0:
+        m.tokens.labels(agent=name, direction="output").inc(output_tokens)
+    if cost_usd > 0:
+        m.cost.labels(agent=name).inc(cost_usd)
 
 
-def render() -> tuple[bytes, str]:
-    return b"", "text/plain; version=0.0.4"
+def rate_limited() -> None:
+    _current.rate_limited_requests.inc()
+
+
+def auth_failed(reason: str) -> None:
+    _current.auth_failures.labels(reason=_label(reason)).inc()
+
+
+def render(accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition and its content type: Prometheus text format 0.0.4, or the format the
+    scraper's `Accept` header asks for (OpenMetrics, text 1.0.0) when it is passed."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(_current.registry), content_type

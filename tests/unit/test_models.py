@@ -127,3 +127,19 @@ async def test_scripted_model_streams_tokens_and_reports_usage() -> None:
     text = "".join(str(c.content) for c in chunks)
     assert text.startswith("[scripted answer]")
     assert chunks[-1].usage_metadata and chunks[-1].usage_metadata["output_tokens"] > 0
+
+
+async def test_scripted_latency_setting_delays_each_call() -> None:
+    """SCRIPTED_LATENCY_MS simulates model time (for load tests): each call waits at least that."""
+    import time
+
+    from app.scripted import ScriptedChatModel
+
+    f = ModelFactory(Settings(model_provider="scripted", scripted_latency_ms=50))
+    model = f.chat("supervisor")
+    assert isinstance(model, ScriptedChatModel) and model.latency_s == 0.05
+    started = time.perf_counter()
+    await model.ainvoke("hello")
+    assert time.perf_counter() - started >= 0.05
+    with pytest.raises(ValueError):
+        Settings(scripted_latency_ms=-1)

@@ -1,0 +1,405 @@
+"""The run worker: executes queued runs in background tasks, never inside a response.
+
+Runs are rows (`pending -> running -> success | error | interrupted`). A worker claims pending runs
+under a lease (`app.leases`), renews it by heartbeat while the graph runs, appends every stream
+event to the event log, and records the outcome. The database keeps one running run per thread
+(partial unique index), so any number of workers in any number of processes can share the queue.
+Runs whose lease expired, or whose process died on this host, go back to the queue (`sweep`) and
+continue from their last checkpoint: the run id is stored in each checkpoint's metadata, so a new
+attempt knows whether its input was already applied. Publishing stays exactly-once because the
+outbox write is idempotent by key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.pregel import Pregel
+from langgraph.types import Command
+
+from app.db import utcnow
+from app.leases import is_stale, keep_lease, lease_until, new_owner
+from app.runner import RECURSION_LIMIT, Runner, _usage_delta
+from app.server import metrics
+from app.server.events import EventBatcher, EventLog, RunSignals
+from app.server.registry import Registry
+from app.settings import Settings
+from graphs.context import MarketingContext
+from tools.knowledge import DEFAULT_TENANT
+
+log = logging.getLogger("mkt.server")
+
+# stream modes a client may ask for; `messages` is served in the `messages-tuple` shape
+CLIENT_MODES = {
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "custom",
+    "debug",
+    "tasks",
+    "checkpoints",
+}
+
+
+class RunGaveUpError(RuntimeError):
+    pass
+
+
+def thread_status_of(snapshot: Any) -> str:
+    return "interrupted" if (snapshot.interrupts or snapshot.next) else "idle"
+
+
+def checkpoint_id_of(config: Any) -> str | None:
+    if not config:
+        return None
+    value = (config.get("configurable") or {}).get("checkpoint_id")
+    return str(value) if value else None
+
+
+def run_config(run: dict[str, Any]) -> RunnableConfig:
+    kw = run["kwargs"]
+    user = kw.get("config") or {}
+    configurable = {
+        k: v for k, v in (user.get("configurable") or {}).items() if not str(k).startswith("__")
+    }
+    configurable["thread_id"] = run["thread_id"]
+    # the knowledge base reads and writes only this tenant's points (`tools.knowledge.tenant_of`):
+    # it comes from the run's owner (the caller's API key), never from the client's config
+    configurable["tenant"] = run.get("tenant") or DEFAULT_TENANT
+    config: RunnableConfig = {
+        "configurable": configurable,
+        "recursion_limit": int(user.get("recursion_limit") or RECURSION_LIMIT),
+        "metadata": {
+            **(run.get("metadata") or {}),
+            "run_id": run["run_id"],
+            "run_attempt": run["attempt"],
+            "graph_id": run["graph_id"],
+            "assistant_id": run["assistant_id"],
+        },
+    }
+    if user.get("tags"):
+        config["tags"] = list(user["tags"])
+    return config
+
+
+def event_name(mode: str, ns: tuple[str, ...], subgraphs: bool) -> str:
+    return f"{mode}|{'|'.join(ns)}" if subgraphs and ns else mode
+
+
+class Executor:
+    def __init__(self, runner: Runner, registry: Registry, settings: Settings) -> None:
+        self.runner = runner
+        self.db = runner.storage.db
+        self.registry = registry
+        self.settings = settings
+        self.owner = new_owner()
+        self.signals = RunSignals()
+        self.events = EventLog(self.db, self.signals)
+        self.accepting = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reasons: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._last_prune = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Take up runs left behind by dead processes, then start claiming. Returns how many
+        runs were requeued."""
+        recovered = await self.sweep()
+        await self.prune()
+        self.accepting = True
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="executor:claim"),
+            asyncio.create_task(self._sweep_loop(), name="executor:sweep"),
+        ]
+        self.wake()
+        return recovered
+
+    async def stop(self, grace_s: float) -> dict[str, int]:
+        """Stop claiming; give active runs `grace_s` to finish; release the rest to the queue
+        (they continue from their last checkpoint on the next server)."""
+        self.accepting = False
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        active = dict(self._tasks)
+        finished = 0
+        if active:
+            done, _ = await asyncio.wait(active.values(), timeout=grace_s)
+            finished = len(done)
+            for run_id, task in active.items():
+                if not task.done():
+                    self._reasons[run_id] = "shutdown"
+                    task.cancel()
+            await asyncio.gather(*active.values(), return_exceptions=True)
+        return {"finished": finished, "released": len(active) - finished}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.run_poll_interval_s)
+            self._wake.clear()
+            try:
+                await self.claim()
+            except (OSError, RuntimeError) as exc:  # database unreachable: retry next round
+                log.warning("claiming runs failed: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def claim(self) -> None:
+        free = self.settings.worker_concurrency - len(self._tasks)
+        if not self.accepting or free <= 0:
+            return
+        for run in await self.db.claim_runs(
+            self.owner, lease_until(self.settings.run_lease_s), free
+        ):
+            task = asyncio.create_task(self._execute(run), name=f"run:{run['run_id']}")
+            self._tasks[run["run_id"]] = task
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.run_sweep_interval_s)
+            try:
+                await self.sweep()
+                if time.monotonic() - self._last_prune > 3600:
+                    await self.prune()
+            except (OSError, RuntimeError) as exc:
+                log.warning("sweep failed: %s", exc)
+
+    async def sweep(self) -> int:
+        """Requeue running runs whose owner is gone (lease expired, or its process died here)."""
+        now = utcnow()
+        requeued = 0
+        for run in await self.db.running_runs():
+            if run["lease_owner"] == self.owner or not is_stale(run, now):
+                continue
+            if await self.db.requeue_run(run["run_id"], run["lease_owner"]):
+                requeued += 1
+                log.info("run %s requeued (owner %s gone)", run["run_id"], run["lease_owner"])
+                await self.signals.bump(run["run_id"])
+        if requeued:
+            self.wake()
+        return requeued
+
+    async def prune(self) -> int:
+        self._last_prune = time.monotonic()
+        cutoff = utcnow() - timedelta(hours=self.settings.event_retention_hours)
+        return await self.db.prune_events(cutoff)
+
+    # --- cancellation ---------------------------------------------------------------------------
+    async def cancel(self, run: dict[str, Any], action: str) -> None:
+        """`interrupt`: stop, keep what was checkpointed. `rollback`: stop and put the thread
+        back where it was before the run, deleting the run."""
+        run_id = run["run_id"]
+        row = await self.db.request_cancel(run_id, action)
+        if row is None:
+            return
+        if row["status"] == "interrupted" and run["status"] == "pending":
+            if action == "rollback":
+                await self.db.delete_run(run_id)
+            await self.signals.bump(run_id)
+            return
+        task = self._tasks.get(run_id)
+        if task is not None and not task.done():
+            self._reasons.setdefault(run_id, action)
+            task.cancel()
+        # a run on another worker sees `cancel_action` on its next heartbeat
+
+    async def wait_until_done(self, run_id: str, within_s: float | None = None) -> None:
+        deadline = None if within_s is None else time.monotonic() + within_s
+        while True:
+            seen = self.signals.version(run_id)
+            run = await self.db.get_run(run_id)
+            if run is None or run["status"] not in ("pending", "running"):
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            await self.signals.wait_past(run_id, seen, self.settings.run_poll_interval_s)
+
+    # --- one run --------------------------------------------------------------------------------
+    async def _execute(self, run: dict[str, Any]) -> None:
+        run_id, thread_id = run["run_id"], run["thread_id"]
+        started = time.monotonic()
+        metrics.run_started()
+        me = asyncio.current_task()
+
+        def on_cancel(action: str) -> None:
+            self._reasons.setdefault(run_id, action)
+            if me is not None:
+                me.cancel()
+
+        def on_lost() -> None:
+            self._reasons[run_id] = "lost"
+            if me is not None:
+                me.cancel()
+
+        status, error = "error", None
+        usage: dict[str, Any] = {}
+        graph = self.registry.graph(run["graph_id"])
+        config = run_config(run)
+        try:
+            async with keep_lease(
+                self.db, run_id, self.owner, self.settings.run_lease_s, on_cancel, on_lost
+            ):
+                if run["attempt"] > self.settings.run_max_attempts:
+                    raise RunGaveUpError(
+                        f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
+                    )
+                await self.db.update_thread(thread_id, status="busy", graph_id=run["graph_id"])
+                status, usage = await self._run_graph(run, graph, config)
+        except asyncio.CancelledError:
+            reason = self._reasons.pop(run_id, "interrupt")
+            status = await self._after_cancel(run, graph, config, reason)
+        except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
+            # and handoff Commands inside the graph; what reaches here failed the run. It is
+            # recorded on the run, streamed as `event: error`, and the worker lives on.
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            log.warning("run %s failed: %s", run_id, error)
+            await self.events.append(
+                run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
+            )
+            await self.db.finish_run(run_id, "error", {}, error, owner=self.owner)
+            await self.db.update_thread(thread_id, status="error")
+        else:
+            await self.db.finish_run(run_id, status, usage, None, owner=self.owner)
+        finally:
+            self._tasks.pop(run_id, None)
+            self._reasons.pop(run_id, None)
+            if status != "released":
+                metrics.run_finished(status, time.monotonic() - started)
+            await self.signals.bump(run_id)
+            self.wake()  # the thread's next queued run, if any
+
+    async def _context(self, graph: Pregel, run: dict[str, Any]) -> Any:
+        overrides = run["kwargs"].get("context")
+        if getattr(graph, "context_schema", None) is MarketingContext:
+            return await self.runner.context_for(run["thread_id"], overrides)
+        return overrides or None
+
+    async def _run_graph(
+        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig
+    ) -> tuple[str, dict[str, Any]]:
+        run_id, kw = run["run_id"], run["kwargs"]
+        ctx = await self._context(graph, run)
+        before = await graph.aget_state(config)
+        payload: Any
+        if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
+            payload = None  # this run already checkpointed: continue from there
+            if not before.next:  # ... and had finished: only the bookkeeping was lost
+                return thread_status_of(before).replace("idle", "success"), {}
+        else:
+            cmd = kw.get("command")
+            payload = (
+                Command(
+                    resume=cmd.get("resume"),
+                    update=cmd.get("update"),
+                    goto=cmd.get("goto") or (),
+                )
+                if cmd
+                else kw.get("input")
+            )
+            if run["attempt"] == 1 or run.get("before_checkpoint_id") is None:
+                await self.db.set_run_fields(
+                    run_id, before_checkpoint_id=checkpoint_id_of(before.config) or ""
+                )
+        stream_config = dict(config)
+        if kw.get("checkpoint_id") and payload is not None:
+            stream_config["configurable"] = {
+                **config["configurable"],
+                "checkpoint_id": kw["checkpoint_id"],
+            }
+        if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
+            await self.events.append(
+                run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
+            )
+        requested = set(kw.get("stream_mode") or ["values"])
+        subgraphs = bool(kw.get("stream_subgraphs"))
+        modes = {m for m in requested if m not in ("messages-tuple",)}
+        if requested & {"messages", "messages-tuple"}:
+            modes.add("messages")
+        modes.add("updates")  # interrupts surface through updates
+        astream: Any = graph.astream  # options come from the validated request body
+        stream = astream(
+            payload,
+            stream_config,
+            context=ctx,
+            stream_mode=sorted(modes),
+            subgraphs=subgraphs,  # subgraph chunks cost time: only when the client wants them
+            interrupt_before=kw.get("interrupt_before"),
+            interrupt_after=kw.get("interrupt_after"),
+            durability=kw.get("durability") or "sync",
+        )
+        batcher = EventBatcher(self.events, run_id)
+        try:
+            async for part in stream:
+                ns, mode, chunk = part if subgraphs else ((), *part)
+                name = event_name(mode, ns, subgraphs)
+                if mode == "updates" and "updates" not in requested:
+                    if isinstance(chunk, dict) and chunk.get("__interrupt__"):
+                        await batcher.add(event_name("values", ns, subgraphs), chunk)
+                    continue
+                if (
+                    mode == "values"
+                    and isinstance(chunk, dict)
+                    and "__interrupt__" in chunk
+                    and "updates" not in requested
+                ):
+                    continue  # already sent from the updates stream above
+                await batcher.add(name, chunk)
+        finally:
+            await batcher.drain()  # every event is stored before the run's status changes
+        after = await graph.aget_state(config)
+        usage = _usage_delta(
+            (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}
+        )
+        for agent, u in usage.items():
+            metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
+        thread_status = thread_status_of(after)
+        await self.db.update_thread(run["thread_id"], status=thread_status)
+        return ("interrupted" if thread_status == "interrupted" else "success"), usage
+
+    async def _after_cancel(
+        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str
+    ) -> str:
+        """Bookkeeping once a run's task was cancelled; returns the status for metrics."""
+        run_id, thread_id = run["run_id"], run["thread_id"]
+        if reason == "lost":  # another worker owns it now
+            return "released"
+        if reason == "shutdown":
+            await self.db.requeue_run(run_id, self.owner)
+            return "released"
+        if reason == "rollback":
+            row = await self.db.get_run(run_id)
+            before = (row or {}).get("before_checkpoint_id")
+            if before:
+                await graph.aupdate_state(
+                    {"configurable": {"thread_id": thread_id, "checkpoint_id": before}},
+                    None,
+                    as_node="__copy__",
+                )
+            elif before == "":  # the thread had no checkpoint before this run
+                await self.registry.checkpointer.adelete_thread(thread_id)
+            await self.db.delete_run(run_id)
+        else:
+            await self.db.finish_run(run_id, "interrupted", {}, "cancelled", owner=self.owner)
+        snapshot = await graph.aget_state(config)
+        others = [r for r in await self.db.active_runs(thread_id) if r["run_id"] != run_id]
+        status = "busy" if any(r["status"] == "running" for r in others) else "idle"
+        if status == "idle" and snapshot.interrupts:
+            status = "interrupted"
+        await self.db.update_thread(thread_id, status=status)
+        return "interrupted"

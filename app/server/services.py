@@ -1,0 +1,195 @@
+"""What the routes share: the open runner, graphs, executor; thread ownership; run creation with
+the same validation the CLI uses (`app.runner.Runner`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from langgraph.pregel import Pregel
+
+from app.db import AppDB, ThreadBusyError
+from app.errors import NotInterruptedError
+from app.runner import Runner
+from app.server.auth import Principal
+from app.server.executor import Executor
+from app.server.registry import Registry
+from app.server.schemas import RunCreate
+from app.settings import Settings
+from graphs.context import MarketingContext
+
+BUSY_DETAIL = (
+    "thread {tid} already has a run in progress: wait for it (join), cancel it, or send with "
+    "multitask_strategy 'enqueue', 'interrupt' or 'rollback'"
+)
+
+
+@dataclass
+class Services:
+    runner: Runner
+    registry: Registry
+    executor: Executor
+    settings: Settings
+
+    @property
+    def db(self) -> AppDB:
+        return self.runner.storage.db
+
+
+def get_services(request: Request) -> Services:
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is None:
+        raise HTTPException(503, "the server is starting up; retry shortly")
+    return svc
+
+
+Svc = Annotated[Services, Depends(get_services)]
+
+
+def not_found(kind: str, ident: str) -> HTTPException:
+    return HTTPException(404, f"{kind} {ident!r} not found")
+
+
+async def owned_thread(svc: Services, principal: Principal, thread_id: str) -> dict[str, Any]:
+    """The caller's thread; another tenant's thread is indistinguishable from a missing one."""
+    row = await svc.db.get_thread(thread_id, principal.tenant)
+    if row is None:
+        raise not_found("thread", thread_id)
+    return row
+
+
+async def owned_run(
+    svc: Services, principal: Principal, thread_id: str, run_id: str
+) -> dict[str, Any]:
+    await owned_thread(svc, principal, thread_id)
+    row = await svc.db.get_run(run_id, tenant=principal.tenant, thread_id=thread_id)
+    if row is None:
+        raise not_found("run", run_id)
+    return row
+
+
+def graph_of(svc: Services, thread: dict[str, Any]) -> Pregel:
+    graph_id = thread.get("graph_id") or "supervisor"
+    return svc.registry.graph(graph_id if graph_id in svc.registry.graphs else "supervisor")
+
+
+def request_text(value: Any) -> str | None:
+    """The newest human message's text in a `{"messages": [...]}` input (None when the input
+    carries no messages)."""
+    if not isinstance(value, dict) or "messages" not in value:
+        return None
+    messages = value["messages"]
+    if isinstance(messages, dict | str):
+        messages = [messages]
+    if not isinstance(messages, list):
+        raise HTTPException(422, "input.messages must be a list of messages")
+    for msg in reversed(messages):
+        if isinstance(msg, str):
+            return msg
+        if isinstance(msg, dict) and (
+            msg.get("role") in ("user", "human") or msg.get("type") == "human"
+        ):
+            content = msg.get("content")
+            if isinstance(content, list):
+                return " ".join(
+                    str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+                )
+            return "" if content is None else str(content)
+    return None
+
+
+async def create_run(
+    svc: Services,
+    principal: Principal,
+    thread_id: str | None,
+    body: RunCreate,
+) -> dict[str, Any]:
+    """Validate and queue a run (the executor picks it up). `thread_id=None` is a stateless run
+    on a new thread of its own."""
+    if not svc.executor.accepting:
+        raise HTTPException(503, "the server is shutting down: retry against the next one")
+    graph_id = svc.registry.resolve(body.assistant_id)
+    if graph_id is None:
+        raise not_found("assistant", body.assistant_id)
+    graph = svc.registry.graph(graph_id)
+    db = svc.db
+    stateless = thread_id is None  # a new thread of its own
+    create_thread = stateless
+    thread_id = thread_id or str(uuid.uuid4())
+    if not create_thread and await db.get_thread(thread_id, principal.tenant) is None:
+        if body.if_not_exists != "create":
+            raise not_found("thread", thread_id)
+        create_thread = True
+
+    view = await svc.runner.view(thread_id, graph)
+    ctx: MarketingContext | None = None
+    if getattr(graph, "context_schema", None) is MarketingContext:
+        ctx = await svc.runner.context_for(thread_id, body.context)  # 422 names the field
+    if body.command is not None and "resume" in body.command.model_fields_set:
+        if not view.exists:
+            raise NotInterruptedError(thread_id)
+        if ctx is not None:
+            svc.runner.check_resume(view, body.command.resume, ctx)
+        elif view.status != "interrupted":
+            raise NotInterruptedError(thread_id)
+    elif body.input is not None:
+        text = request_text(body.input)
+        if text is not None:
+            svc.runner.check_request_text(text)
+            svc.runner.check_new_turn(view)
+    elif body.command is None and not view.exists:
+        raise HTTPException(
+            422, "input: required (the thread has no state yet, so there is nothing to continue)"
+        )
+
+    kwargs: dict[str, Any] = {
+        "input": body.input,
+        "command": body.command.model_dump(exclude_unset=True) if body.command else None,
+        "stream_mode": body.modes(),
+        "stream_subgraphs": body.stream_subgraphs,
+        "config": body.config.model_dump(exclude_none=True) if body.config else None,
+        "context": body.context,
+        "interrupt_before": body.interrupt_before,
+        "interrupt_after": body.interrupt_after,
+        "durability": body.durability,
+        "checkpoint_id": body.checkpoint_id
+        or (body.checkpoint.checkpoint_id if body.checkpoint else None),
+        "on_disconnect": body.on_disconnect,
+    }
+    if create_thread:  # only once the request is valid: bad input leaves nothing behind
+        metadata: dict[str, Any] = {"graph_id": graph_id}
+        if stateless:
+            metadata["stateless"] = True
+        _, created = await db.create_thread(
+            thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
+        )
+        if not created:
+            raise HTTPException(409, f"thread id {thread_id!r} is taken: choose another")
+    if ctx is not None and body.context:
+        await db.update_thread(thread_id, context=ctx.model_dump())  # later runs reuse it
+    try:
+        run, active = await db.enqueue_run(
+            run_id=str(uuid.uuid4()),
+            thread_id=thread_id,
+            tenant=principal.tenant,
+            assistant_id=body.assistant_id
+            if svc.registry.resolve(body.assistant_id) != body.assistant_id
+            else svc.registry.assistant(graph_id)["assistant_id"],
+            graph_id=graph_id,
+            kwargs=kwargs,
+            metadata=body.metadata or {},
+            multitask_strategy=body.multitask_strategy,
+        )
+    except ThreadBusyError:
+        raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
+    # the first event (the SDK learns the run id from it) is stored now, not when a worker starts
+    await svc.executor.events.append(
+        run["run_id"], [("metadata", {"run_id": run["run_id"], "attempt": 1})]
+    )
+    if body.multitask_strategy in ("interrupt", "rollback"):
+        for other in active:
+            await svc.executor.cancel(other, body.multitask_strategy)
+    svc.executor.wake()
+    return run

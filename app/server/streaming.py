@@ -1,0 +1,74 @@
+"""SSE responses: a view of the run's persisted event log (see `events.follow`), never the run
+itself. Heartbeat comments keep idle streams open; a client that stops reading is dropped after
+the send timeout; no compression. `Content-Location` names the run and `Location` its join stream
+(the SDK reads the run id from the first and reconnects to the second with `Last-Event-ID`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.server import metrics
+from app.server.events import follow
+from app.server.services import Services
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def run_headers(thread_id: str, run_id: str, *, join: str = "stream") -> dict[str, str]:
+    base = f"/threads/{thread_id}/runs/{run_id}"
+    return {"Location": f"{base}/{join}", "Content-Location": base}
+
+
+def stream_run(
+    svc: Services,
+    run: dict[str, Any],
+    *,
+    after: int = 0,
+    modes: set[str] | None = None,
+    cancel_on_disconnect: bool = False,
+) -> EventSourceResponse:
+    run_id, thread_id = run["run_id"], run["thread_id"]
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        metrics.stream_opened()
+        complete = False
+        try:
+            async for ev in follow(
+                svc.db,
+                svc.executor.signals,
+                run_id,
+                after=after,
+                modes=modes,
+                poll_s=svc.settings.run_poll_interval_s,
+            ):
+                yield ServerSentEvent(data=ev.data, event=ev.event, id=str(ev.id))
+            complete = True
+        finally:
+            metrics.stream_closed()
+            if cancel_on_disconnect and not complete:
+                # the client went away: cancel outside this (cancelled) generator
+                task = asyncio.get_running_loop().create_task(_cancel(svc, run))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+    headers = {
+        **run_headers(thread_id, run_id),
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+    }
+    return EventSourceResponse(
+        events(),
+        headers=headers,
+        ping=max(1, int(svc.settings.sse_heartbeat_s)),
+        send_timeout=svc.settings.sse_send_timeout_s,
+    )
+
+
+async def _cancel(svc: Services, run: dict[str, Any]) -> None:
+    current = await svc.db.get_run(run["run_id"])
+    if current is not None and current["status"] in ("pending", "running"):
+        await svc.executor.cancel(current, "interrupt")

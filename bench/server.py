@@ -1,0 +1,607 @@
+"""HTTP server benchmark: our `mkt serve` (Postgres) against `langgraph dev` (the peer), both
+driven by the official `langgraph-sdk` client, measured in the same run of this script.
+
+For each concurrency level (default 1, 10, 50, 100 concurrent SDK streams) every stream runs the
+same research + blog request (no approval, so one stream = one full run) a few times and records:
+
+- time to first event (the `metadata` event) and to the first graph event (`updates`),
+- full run latency (request to the end of the stream),
+- runs/s over the level's wall time, and errors.
+
+Baseline in the same run: the same request through the same graph in this process on the same kind
+of checkpointer (Postgres), sequentially — `server overhead = server p50 (1 stream) - in-process p50`.
+Memory per idle open stream: a second pair of servers whose scripted model sleeps for minutes
+(`SCRIPTED_LATENCY_MS`), one background run, K join streams on it; RSS growth / K.
+
+Usage: `.venv/bin/python -m bench.server [--levels 1,10,50,100] [--rounds 3] [--skip-peer]`.
+Targets (reported, never asserted): p95 time to first event < 50 ms at 100 streams; our added
+overhead per run < 15 ms over the in-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench.run import package_versions, percentile, positive, postgres_database, summary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REQUEST = "Research what runners say about carbon-plated trail shoes and write a blog post about it"
+DEFAULT_OUT = Path("bench/results/server.json")
+TTFE_P95_TARGET_MS = 50.0
+OVERHEAD_TARGET_MS = 15.0
+IDLE_MODEL_LATENCY_MS = 600_000  # the idle-stream run sits in one model call for 10 minutes
+START_TIMEOUT_S = 90.0
+
+_DROP_ENV = (
+    "DATABASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "TAVILY_API_KEY",
+    "LANGSMITH_API_KEY",
+    "LANGCHAIN_API_KEY",
+    "MODEL_NAME",
+    "AGENT_MODELS",
+    "MODEL_FALLBACKS",
+    "MKT_CRASH_AT",
+    "QDRANT_URL",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# server processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    from app.local_llm import free_port as _free_port
+
+    return _free_port()
+
+
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env.update(
+        MODEL_PROVIDER="scripted",
+        DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+        LANGSMITH_TRACING="false",
+        LANGCHAIN_TRACING_V2="false",
+        LANGSMITH_TEST_TRACKING="false",
+        LANGGRAPH_CLI_NO_ANALYTICS="1",
+        LANGGRAPH_NO_VERSION_CHECK="1",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class ServerProc:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process group (the server and any children)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) != self.proc.pid:  # field 5 (pgrp) after the comm field
+                    continue
+                status = (stat.parent / "status").read_text()
+            except (OSError, IndexError, ValueError):
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def _mkt() -> str:
+    exe = Path(sys.executable).parent / "mkt"
+    return str(exe) if exe.exists() else "mkt"
+
+
+def _langgraph() -> str:
+    exe = Path(sys.executable).parent / "langgraph"
+    return str(exe) if exe.exists() else "langgraph"
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stopped (and measured) as a whole
+        )
+
+
+@asynccontextmanager
+async def start_server(
+    name: str, cmd: list[str], env: dict[str, str], log: Path
+) -> AsyncIterator[ServerProc]:
+    proc = await asyncio.to_thread(_spawn, cmd, env, log)
+    port = cmd[cmd.index("--port") + 1]
+    server = ServerProc(name, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({proc.returncode}):\n{server.tail()}")
+                try:
+                    if (await http.get(f"{server.url}/ok")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{name} gave no /ok in {START_TIMEOUT_S:.0f}s:\n{server.tail()}"
+                    )
+                await asyncio.sleep(0.2)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def ours(tmp: Path, dsn: str, tag: str, **extra: str) -> Any:
+    env = server_env(tmp / f"data-{tag}", DATABASE_URL=dsn, **extra)
+    subprocess.run(
+        [_mkt(), "db", "migrate"], env=env, cwd=REPO_ROOT, check=True, capture_output=True
+    )
+    port = str(free_port())
+    cmd = [_mkt(), "serve", "--host", "127.0.0.1", "--port", port]
+    return start_server(f"mkt serve ({tag})", cmd, env, tmp / f"mkt-{tag}.log")
+
+
+def peer(tmp: Path, tag: str, **extra: str) -> Any:
+    env = server_env(tmp / f"peer-{tag}", **extra)
+    port = str(free_port())
+    cmd = [_langgraph(), "dev", "--no-browser", "--no-reload", "--port", port]
+    return start_server(f"langgraph dev ({tag})", cmd, env, tmp / f"peer-{tag}.log")
+
+
+def sdk_client(url: str, connections: int) -> Any:
+    from langgraph_sdk.client import LangGraphClient
+
+    http = httpx.AsyncClient(
+        base_url=url,
+        timeout=httpx.Timeout(connect=10, read=300, write=60, pool=60),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+    return LangGraphClient(http)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    streams: int
+    ttfe_ms: list[float] = field(default_factory=list)
+    first_update_ms: list[float] = field(default_factory=list)
+    run_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def runs_per_s(self) -> float:
+        return len(self.run_ms) / self.wall_s if self.wall_s else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "runs": len(self.run_ms),
+            "errors": self.errors[:20],
+            "error_count": len(self.errors),
+            "wall_s": round(self.wall_s, 3),
+            "runs_per_s": round(self.runs_per_s, 2),
+            "ttfe_ms": summary(self.ttfe_ms),
+            "first_update_ms": summary(self.first_update_ms),
+            "run_ms": summary(self.run_ms),
+        }
+
+
+async def one_run(client: Any, level: Level) -> None:
+    thread = await client.threads.create()
+    t0 = time.perf_counter()
+    first = first_update = None
+    failed = None
+    async for part in client.runs.stream(
+        thread["thread_id"],
+        "supervisor",
+        input={"messages": [{"role": "user", "content": REQUEST}]},
+        stream_mode="updates",
+    ):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+        if part.event == "updates" and first_update is None:
+            first_update = now
+        if part.event == "error":
+            failed = json.dumps(part.data)[:200]
+    end = time.perf_counter()
+    if failed or first is None:
+        level.errors.append(failed or "empty stream")
+        return
+    level.ttfe_ms.append((first - t0) * 1000)
+    if first_update is not None:
+        level.first_update_ms.append((first_update - t0) * 1000)
+    level.run_ms.append((end - t0) * 1000)
+
+
+async def measure_level(url: str, streams: int, rounds: int) -> Level:
+    level = Level(streams)
+    client = sdk_client(url, connections=streams + 10)
+
+    async def worker() -> None:
+        for _ in range(rounds):
+            try:
+                await one_run(client, level)
+            except (httpx.HTTPError, OSError) as exc:  # the SDK raises httpx errors
+                level.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(streams)))
+    level.wall_s = time.perf_counter() - t0
+    await client.http.client.aclose()
+    return level
+
+
+async def measure_in_process(dsn: str, runs: int, tmp: Path) -> list[float]:
+    """The same request through the same graph, in this process, on Postgres: the floor."""
+    from app.models import ModelFactory, set_model_factory
+    from app.settings import Settings
+    from app.storage import open_storage, set_active_db
+    from graphs.context import MarketingContext
+    from graphs.supervisor import builder
+
+    settings = Settings(model_provider="scripted", data_dir=tmp / "inproc", database_url=dsn)
+    previous = set_model_factory(ModelFactory(settings))
+    samples: list[float] = []
+    try:
+        async with open_storage(settings, migrate=True) as storage:
+            set_active_db(storage.db)
+            graph = builder.compile(checkpointer=storage.checkpointer, name="supervisor")
+            for i in range(runs + 2):
+                config: Any = {"configurable": {"thread_id": str(uuid.uuid4())}}
+                t0 = time.perf_counter()
+                async for _ in graph.astream(
+                    {"messages": [{"role": "user", "content": REQUEST}]},
+                    config,
+                    context=MarketingContext(),
+                    stream_mode="updates",
+                    durability="sync",
+                ):
+                    pass
+                if i >= 2:  # two warm-up runs
+                    samples.append((time.perf_counter() - t0) * 1000)
+            set_active_db(None)
+    finally:
+        set_model_factory(previous)
+    return samples
+
+
+async def idle_stream_memory(server: ServerProc, streams: int) -> dict[str, Any]:
+    """RSS growth per open join stream on a run that is stuck in a (simulated) model call."""
+    client = sdk_client(server.url, connections=8)
+    thread = await client.threads.create()
+    run = await client.runs.create(
+        thread["thread_id"],
+        "supervisor",
+        input={"messages": [{"role": "user", "content": REQUEST}]},
+    )
+    await asyncio.sleep(1.0)
+    path = f"/threads/{thread['thread_id']}/runs/{run['run_id']}/stream"
+    before = server.rss_bytes()
+    http = httpx.AsyncClient(
+        base_url=server.url,
+        timeout=httpx.Timeout(connect=10, read=600, write=60, pool=60),
+        limits=httpx.Limits(max_connections=streams + 5, max_keepalive_connections=0),
+    )
+    opened: list[Any] = []
+    try:
+        for _ in range(streams):
+            cm = http.stream("GET", path, headers={"Accept": "text/event-stream"})
+            resp = await cm.__aenter__()
+            opened.append(cm)
+            if resp.status_code != 200:
+                return {"error": f"join stream answered {resp.status_code}"}
+        await asyncio.sleep(2.0)  # let each stream reach its idle state (replay done, waiting)
+        after = server.rss_bytes()
+    finally:
+        for cm in opened:
+            await cm.__aexit__(None, None, None)
+        await http.aclose()
+        with suppress(httpx.HTTPError):
+            await client.runs.cancel(thread["thread_id"], run["run_id"])
+        await client.http.client.aclose()
+    return {
+        "streams": streams,
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "per_stream_kb": round((after - before) / streams / 1024, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# driver and report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    levels: list[int]
+    rounds: int
+    inproc_runs: int
+    idle_streams: int
+    skip_peer: bool
+    out: Path
+
+
+@dataclass
+class Results:
+    levels: dict[str, list[Level]] = field(default_factory=dict)
+    in_process_ms: list[float] = field(default_factory=list)
+    idle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+async def measure(opts: Options, console: Console) -> Results:
+    results = Results()
+    with postgres_database(False) as (dsn, reason), tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if dsn is None:
+            raise SystemExit(f"the server benchmark needs Postgres: {reason}")
+        console.print("in-process baseline (same graph, Postgres checkpointer) …")
+        results.in_process_ms = await measure_in_process(dsn, opts.inproc_runs, tmp)
+        targets: list[tuple[str, Any]] = [("mkt serve", ours(tmp, dsn, "load"))]
+        if opts.skip_peer:
+            results.skipped["langgraph dev"] = "--skip-peer given"
+        else:
+            targets.append(("langgraph dev", peer(tmp, "load")))
+        for name, starter in targets:
+            async with starter as server:
+                console.print(f"{name}: warm-up …")
+                await measure_level(server.url, 1, 2)
+                results.levels[name] = []
+                for n in opts.levels:
+                    console.print(f"{name}: {n} concurrent stream(s) × {opts.rounds} runs …")
+                    results.levels[name].append(await measure_level(server.url, n, opts.rounds))
+        if opts.idle_streams:
+            slow = {"SCRIPTED_LATENCY_MS": str(IDLE_MODEL_LATENCY_MS)}
+            idle_targets: list[tuple[str, Any]] = [("mkt serve", ours(tmp, dsn, "idle", **slow))]
+            if not opts.skip_peer:
+                idle_targets.append(("langgraph dev", peer(tmp, "idle", **slow)))
+            for name, starter in idle_targets:
+                console.print(f"{name}: {opts.idle_streams} idle join streams …")
+                async with starter as server:
+                    results.idle[name] = await idle_stream_memory(server, opts.idle_streams)
+    return results
+
+
+def _f(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def verdicts(results: Results) -> list[tuple[bool | None, str]]:
+    out: list[tuple[bool | None, str]] = []
+    ours_levels = results.levels.get("mkt serve") or []
+    top = max(ours_levels, key=lambda lv: lv.streams, default=None)
+    if top is not None and top.ttfe_ms:
+        p95 = percentile(top.ttfe_ms, 95)
+        out.append(
+            (
+                p95 < TTFE_P95_TARGET_MS,
+                f"p95 time to first event at {top.streams} streams: {_f(p95)} ms "
+                f"(target < {TTFE_P95_TARGET_MS:.0f} ms)",
+            )
+        )
+    one = next((lv for lv in ours_levels if lv.streams == 1), None)
+    if one is not None and one.run_ms and results.in_process_ms:
+        overhead = percentile(one.run_ms, 50) - percentile(results.in_process_ms, 50)
+        out.append(
+            (
+                overhead < OVERHEAD_TARGET_MS,
+                f"server overhead per run (p50, 1 stream - in-process p50): {_f(overhead)} ms "
+                f"(target < {OVERHEAD_TARGET_MS:.0f} ms)",
+            )
+        )
+    return out
+
+
+def print_report(results: Results, console: Console) -> None:
+    base = percentile(results.in_process_ms, 50) if results.in_process_ms else None
+    table = Table(title="SDK streams: research + blog run (scripted model)")
+    for col in (
+        "server",
+        "streams",
+        "runs",
+        "err",
+        "runs/s",
+        "TTFE p50",
+        "TTFE p95",
+        "1st update p95",
+        "run p50",
+        "run p95",
+        "run p50 ÷ in-proc",
+    ):
+        table.add_column(col, justify="right" if col not in ("server",) else "left")
+    if base is not None:
+        table.add_row(
+            "in-process",
+            "1",
+            str(len(results.in_process_ms)),
+            "0",
+            "",
+            "",
+            "",
+            "",
+            _f(base),
+            _f(percentile(results.in_process_ms, 95)),
+            "1.00×",
+        )
+    for name, levels in results.levels.items():
+        for lv in levels:
+            if not lv.run_ms:
+                table.add_row(name, str(lv.streams), "0", str(len(lv.errors)), *[""] * 7)
+                continue
+            table.add_row(
+                name,
+                str(lv.streams),
+                str(len(lv.run_ms)),
+                str(len(lv.errors)),
+                f"{lv.runs_per_s:.1f}",
+                _f(percentile(lv.ttfe_ms, 50)),
+                _f(percentile(lv.ttfe_ms, 95)),
+                _f(percentile(lv.first_update_ms, 95)) if lv.first_update_ms else "",
+                _f(percentile(lv.run_ms, 50)),
+                _f(percentile(lv.run_ms, 95)),
+                f"{percentile(lv.run_ms, 50) / base:.2f}×" if base else "",
+            )
+    console.print(table)
+    if results.idle:
+        idle = Table(title="Memory per idle open stream (join stream on a run in a model call)")
+        for col in ("server", "streams", "RSS before MB", "RSS after MB", "per stream KB"):
+            idle.add_column(col)
+        for name, row in results.idle.items():
+            if "error" in row:
+                idle.add_row(name, "", "", "", row["error"])
+                continue
+            idle.add_row(
+                name,
+                str(row["streams"]),
+                str(row["rss_before_mb"]),
+                str(row["rss_after_mb"]),
+                str(row["per_stream_kb"]),
+            )
+        console.print(idle)
+    for met, text in verdicts(results):
+        mark = "[green]met[/]" if met else "[red]missed[/]"
+        console.print(f"{mark}  {text}")
+    for name, levels in results.levels.items():
+        for lv in levels:
+            if lv.errors:
+                console.print(
+                    f"[yellow]{name} @ {lv.streams}: {len(lv.errors)} errors[/], e.g. {lv.errors[0]}"
+                )
+    for name, reason in results.skipped.items():
+        console.print(f"[yellow]{name} skipped:[/] {reason}")
+
+
+def write_json(results: Results, opts: Options, started: datetime, took_s: float) -> Path:
+    doc = {
+        "meta": {
+            "started_utc": started.isoformat(timespec="seconds"),
+            "duration_s": round(took_s, 2),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "packages": package_versions(),
+            "options": {
+                "levels": opts.levels,
+                "rounds": opts.rounds,
+                "inproc_runs": opts.inproc_runs,
+                "idle_streams": opts.idle_streams,
+                "skip_peer": opts.skip_peer,
+            },
+            "request": REQUEST,
+        },
+        "targets": {
+            "ttfe_p95_ms_at_max_streams": TTFE_P95_TARGET_MS,
+            "overhead_ms": OVERHEAD_TARGET_MS,
+            "verdicts": [{"met": met, "text": text} for met, text in verdicts(results)],
+        },
+        "in_process_ms": {
+            "stats": summary(results.in_process_ms),
+            "samples": results.in_process_ms,
+        },
+        "servers": {name: [lv.to_json() for lv in lvs] for name, lvs in results.levels.items()},
+        "idle_stream_memory": results.idle,
+        "skipped": results.skipped,
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return opts.out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.server",
+        description=(
+            "HTTP server benchmark: our `mkt serve` on Postgres and `langgraph dev` (peer), driven "
+            "by the official langgraph-sdk at several concurrency levels, plus the same graph "
+            "in-process as the floor and memory per idle open stream. Prints tables, writes JSON. "
+            f"Targets (reported): p95 TTFE < {TTFE_P95_TARGET_MS:.0f} ms at the top level; "
+            f"overhead per run < {OVERHEAD_TARGET_MS:.0f} ms."
+        ),
+    )
+    parser.add_argument("--levels", default="1,10,50,100", help="concurrent streams per level")
+    parser.add_argument("--rounds", type=positive, default=3, help="runs per stream per level")
+    parser.add_argument("--inproc-runs", type=positive, default=20, help="in-process baseline runs")
+    parser.add_argument(
+        "--idle-streams", type=int, default=200, help="open streams for the memory test (0 = skip)"
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="do not measure langgraph dev")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file ({DEFAULT_OUT})")
+    ns = parser.parse_args(argv)
+    try:
+        levels = sorted({positive(v.strip()) for v in ns.levels.split(",") if v.strip()})
+    except (ValueError, argparse.ArgumentTypeError):
+        parser.error(f"--levels: comma-separated positive integers, got {ns.levels!r}")
+    return Options(levels, ns.rounds, ns.inproc_runs, max(0, ns.idle_streams), ns.skip_peer, ns.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TAVILY_API_KEY", "DATABASE_URL"):
+        os.environ.pop(var, None)
+    os.environ.update(MODEL_PROVIDER="scripted", LANGSMITH_TRACING="false")
+    console = Console(width=None if Console().is_terminal else 160)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    results = asyncio.run(measure(opts, console))
+    took = time.perf_counter() - t0
+    print_report(results, console)
+    path = write_json(results, opts, started, took)
+    console.print(f"\nwrote {path} · bench took {took:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The run queue and event log in the app database (SQLite here; the server integration tests run
+the same code on Postgres): versioned migration of an existing database, one running run per thread
+enforced by the database, leases and takeover of a dead process's run, replay without gap or
+duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.db import SCHEMA_VERSION, AppDB, ThreadBusyError, open_sqlite_db, utcnow
+from app.leases import (
+    HOST,
+    ThreadBusyAppError,
+    is_stale,
+    lease_until,
+    new_owner,
+    owner_is_dead,
+    start_run_with_lease,
+)
+from app.server.events import RunSignals, follow, parse_last_event_id
+
+V1_DDL = [
+    "CREATE TABLE app_schema (version INTEGER NOT NULL)",
+    "INSERT INTO app_schema VALUES (1)",
+    """CREATE TABLE threads (thread_id TEXT PRIMARY KEY, title TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'idle', context TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, status TEXT NOT NULL,
+        provider TEXT NOT NULL DEFAULT '', usage TEXT NOT NULL DEFAULT '{}', error TEXT,
+        started_at TEXT NOT NULL, ended_at TEXT)""",
+    "INSERT INTO threads VALUES ('old', 'Old thread', 'busy', '{}', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+    "INSERT INTO runs (run_id, thread_id, status, started_at) VALUES ('r-old', 'old', 'running', '2026-01-01T00:00:00+00:00')",
+]
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AppDB:
+    db_, conn = await open_sqlite_db(tmp_path / "app.sqlite")
+    await db_.migrate()
+    yield db_
+    await conn.close()
+
+
+async def _thread(db: AppDB, tid: str) -> None:
+    await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
+
+
+async def _enqueue(db: AppDB, tid: str, rid: str, strategy: str = "enqueue") -> None:
+    await db.enqueue_run(
+        run_id=rid,
+        thread_id=tid,
+        tenant="default",
+        assistant_id="supervisor",
+        graph_id="supervisor",
+        kwargs={},
+        metadata={},
+        multitask_strategy=strategy,
+    )
+
+
+async def test_a_version_1_database_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    with sqlite3.connect(path) as conn:
+        for stmt in V1_DDL:
+            conn.execute(stmt)
+    db, conn = await open_sqlite_db(path)
+    try:
+        assert await db.migrate() == SCHEMA_VERSION
+        assert await db.migrate() == SCHEMA_VERSION  # idempotent
+        old = await db.get_thread("old")
+        assert old is not None and old["tenant"] == "default" and old["metadata"] == {}
+        run = await db.get_run("r-old")
+        assert run is not None and run["status"] == "error"  # no lease: its process is gone
+        await _enqueue(db, "old", "r-new")
+        assert [r["run_id"] for r in await db.claim_runs("w1", lease_until(30), 5)] == ["r-new"]
+    finally:
+        await conn.close()
+
+
+async def test_the_database_keeps_one_running_run_per_thread(db: AppDB) -> None:
+    await _thread(db, "t")
+    await _thread(db, "u")
+    for rid in ("a", "b"):
+        await _enqueue(db, "t", rid)
+    await _enqueue(db, "u", "c")
+    claimed = await db.claim_runs("w1", lease_until(30), 10)
+    assert sorted(r["run_id"] for r in claimed) == ["a", "c"]  # oldest per thread only
+    assert await db.claim_runs("w2", lease_until(30), 10) == []
+    with pytest.raises(ThreadBusyError):  # the partial unique index, not application code
+        await db.start_run_now("x", "t", "p", "w3", lease_until(30))
+    with pytest.raises(ThreadBusyError):
+        await _enqueue(db, "t", "d", strategy="reject")
+    assert await db.get_run("d") is None
+    assert await db.finish_run("a", "success", {}, owner="someone-else") is False
+    assert await db.finish_run("a", "success", {}, owner="w1") is True
+    assert [r["run_id"] for r in await db.claim_runs("w2", lease_until(30), 10)] == ["b"]
+
+
+async def test_concurrent_claims_never_run_a_thread_twice(db: AppDB) -> None:
+    await _thread(db, "t")
+    for n in range(5):
+        await _enqueue(db, "t", f"r{n}")
+    results = await asyncio.gather(*(db.claim_runs(f"w{n}", lease_until(30), 5) for n in range(6)))
+    assert sum(len(r) for r in results) == 1
+
+
+async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
+    await _thread(db, "t")
+    await _enqueue(db, "t", "r")
+    (run,) = await db.claim_runs("w1", lease_until(30), 1)
+    assert run["attempt"] == 1 and not is_stale(run)
+    assert await db.renew_lease("r", "w1", lease_until(30)) is None
+    assert await db.renew_lease("r", "w2", lease_until(30)) is False  # not the owner
+    await db.request_cancel("r", "interrupt")
+    assert await db.renew_lease("r", "w1", lease_until(30)) == "interrupt"
+    expired = {**run, "lease_expires_at": "2000-01-01T00:00:00+00:00"}
+    assert is_stale(expired)
+    assert await db.requeue_run("r", "w2") is False  # compare-and-set on the owner
+    assert await db.requeue_run("r", "w1") is True
+    (again,) = await db.claim_runs("w2", lease_until(30), 1)
+    assert again["attempt"] == 2 and again["lease_owner"] == "w2"
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_dead_process_on_this_host_is_recognised() -> None:
+    pid = dead_pid()
+    assert owner_is_dead(f"{HOST}:{pid}:abcd")
+    assert not owner_is_dead(new_owner())  # ourselves
+    assert not owner_is_dead(f"elsewhere:{pid}:abcd")  # another host: only the lease tells
+    assert not owner_is_dead(None)
+    assert os.getpid() != pid
+
+
+async def test_cli_run_takes_over_a_dead_process_but_not_a_live_one(db: AppDB) -> None:
+    pid = await asyncio.to_thread(dead_pid)
+    await db.touch_thread("t", status="busy")
+    await db.start_run_now("dead", "t", "p", f"{HOST}:{pid}:x", lease_until(300))
+    await start_run_with_lease(db, "mine", "t", "p", new_owner(), 30)
+    dead = await db.get_run("dead")
+    assert (
+        dead is not None and dead["status"] == "error" and "continued by run mine" in dead["error"]
+    )
+    with pytest.raises(ThreadBusyAppError, match="in progress"):
+        await start_run_with_lease(db, "other", "t", "p", new_owner(), 30)
+
+
+async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> None:
+    await _thread(db, "t")
+    await _enqueue(db, "t", "r")
+    await db.claim_runs("w1", lease_until(30), 1)
+    signals = RunSignals()
+    first = await db.append_events("r", [("metadata", '{"run_id":"r"}'), ("values", '{"n":1}')])
+    seen: list[int] = []
+
+    async def reader(after: int) -> list[int]:
+        return [ev.id async for ev in follow(db, signals, "r", after=after, poll_s=0.05)]
+
+    live = asyncio.create_task(reader(0))
+    late = asyncio.create_task(reader(first[0]))
+    more = []
+    for n in range(2, 6):
+        await asyncio.sleep(0.01)
+        more += await db.append_events("r", [("values", f'{{"n":{n}}}')])
+        await signals.bump("r")
+    await db.finish_run("r", "success", {}, owner="w1")
+    await signals.bump("r")
+    seen = await asyncio.wait_for(live, 5)
+    assert seen == first + more
+    assert await asyncio.wait_for(late, 5) == first[1:] + more
+    assert [ev.id async for ev in follow(db, signals, "r", after=more[-1])] == []
+    assert parse_last_event_id(" 12 ") == 12 and parse_last_event_id("abc") == 0
+
+
+async def test_event_retention_prunes_only_finished_old_runs(db: AppDB) -> None:
+    await _thread(db, "t")
+    await _enqueue(db, "t", "r")
+    await db.claim_runs("w1", lease_until(30), 1)
+    await db.append_events("r", [("values", "{}")])
+    assert await db.prune_events(utcnow()) == 0  # still running
+    await db.finish_run("r", "success", {}, owner="w1")
+    from datetime import timedelta
+
+    assert await db.prune_events(utcnow() - timedelta(hours=1)) == 0
+    assert await db.prune_events(utcnow() + timedelta(seconds=1)) == 1

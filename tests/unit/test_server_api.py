@@ -1,0 +1,385 @@
+"""The HTTP server in-process (ASGI, SQLite, scripted model): validation and edge cases of the
+LangGraph Server API routes: 404s, 409s, 422s that name the field, tenant isolation, roles,
+the graph registry agreeing with langgraph.json, and one real run through the background worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.server.app import create_app
+from app.server.auth import Principal, current_principal
+from app.server.registry import DEFAULT_CONFIG, Registry, assistant_id_for, read_graph_specs
+from app.settings import AGENTS, Settings
+from graphs.supervisor import AGENT_NODES
+
+PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app
+
+
+def as_principal(app: Any, tenant: str, role: str) -> None:
+    async def principal() -> Principal:
+        return Principal(tenant=tenant, role=role, key_id="k-" + tenant)  # type: ignore[arg-type]
+
+    app.dependency_overrides[current_principal] = principal
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    """Parse an SSE body into [{event, data, id}] (comments skipped)."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if "event" in fields:
+            fields["data"] = json.loads(fields["data"]) if fields.get("data") else None
+            out.append(fields)
+    return out
+
+
+# --- graphs: one source of truth ---------------------------------------------------------------
+def test_registry_serves_exactly_the_graphs_in_langgraph_json() -> None:
+    specs = read_graph_specs(DEFAULT_CONFIG)
+    assert set(specs) == {"supervisor", *AGENT_NODES} == set(AGENTS)
+    registry = Registry.load(checkpointer=None, path=DEFAULT_CONFIG)  # type: ignore[arg-type]
+    from graphs import content, publishing, research, social, supervisor
+
+    modules = {
+        "supervisor": supervisor,
+        "research": research,
+        "content": content,
+        "social": social,
+        "publishing": publishing,
+    }
+    for gid, graph in registry.graphs.items():
+        assert graph is modules[gid].graph  # the module-level graph langgraph dev serves
+        assert registry.resolve(gid) == gid
+        assert registry.resolve(assistant_id_for(gid)) == gid
+    assert registry.resolve("nope") is None
+
+
+def test_langgraph_json_errors_name_the_problem(tmp_path: Path) -> None:
+    from app.server.registry import GraphConfigError
+
+    bad = tmp_path / "langgraph.json"
+    bad.write_text('{"graphs": {}}')
+    with pytest.raises(GraphConfigError, match='no "graphs"'):
+        read_graph_specs(bad)
+
+
+# --- assistants ---------------------------------------------------------------------------------
+async def test_assistants_search_get_and_studio_endpoints(api: Any) -> None:
+    client, _ = api
+    found = (
+        await client.post(
+            "/assistants/search", json={"metadata": {"created_by": "system"}, "limit": 100}
+        )
+    ).json()
+    assert {a["graph_id"] for a in found} == set(AGENTS)
+    sup = (await client.get("/assistants/supervisor")).json()
+    assert sup["assistant_id"] == assistant_id_for("supervisor")
+    assert (await client.get(f"/assistants/{sup['assistant_id']}")).json() == sup
+    graph = (await client.get("/assistants/supervisor/graph", params={"xray": "true"})).json()
+    names = {n["id"] for n in graph["nodes"]}
+    assert {"plan", "dispatch", "answer"} <= names
+    assert any(n.startswith("publishing") and n != "publishing" for n in names), names  # xray
+    schemas = (await client.get("/assistants/supervisor/schemas")).json()
+    assert "brand_name" in schemas["context_schema"]["properties"]
+    assert "messages" in schemas["input_schema"]["properties"]
+    subgraphs = (await client.get("/assistants/supervisor/subgraphs")).json()
+    assert set(subgraphs) == set(AGENT_NODES)
+    assert (await client.get("/assistants/nope")).status_code == 404
+    assert (
+        await client.get("/assistants/supervisor/graph", params={"xray": "-1"})
+    ).status_code == 422
+    info = (await client.get("/info")).json()
+    assert info["provider"] == "scripted" and info["storage"].startswith("sqlite")
+    assert (await client.get("/ok")).json() == {"ok": True}
+    assert "/threads/{thread_id}/runs/stream" in (await client.get("/openapi.json")).json()["paths"]
+
+
+# --- threads ------------------------------------------------------------------------------------
+async def test_thread_create_if_exists_get_patch_search_delete(api: Any) -> None:
+    client, _ = api
+    t = (await client.post("/threads", json={"thread_id": "t-1", "metadata": {"team": "a"}})).json()
+    assert t["thread_id"] == "t-1" and t["status"] == "idle" and t["metadata"] == {"team": "a"}
+    dup = await client.post("/threads", json={"thread_id": "t-1"})
+    assert dup.status_code == 409 and "if_exists" in dup.json()["detail"]
+    same = await client.post("/threads", json={"thread_id": "t-1", "if_exists": "do_nothing"})
+    assert same.status_code == 200 and same.json()["metadata"] == {"team": "a"}
+    await client.post("/threads", json={"thread_id": "t-2", "metadata": {"team": "b"}})
+    patched = (await client.patch("/threads/t-2", json={"metadata": {"x": 1}})).json()
+    assert patched["metadata"] == {"team": "b", "x": 1}
+    hits = (await client.post("/threads/search", json={"metadata": {"team": "b"}})).json()
+    assert [h["thread_id"] for h in hits] == ["t-2"]
+    page = (
+        await client.post("/threads/search", json={"limit": 1, "offset": 1, "sort_order": "asc"})
+    ).json()
+    assert [h["thread_id"] for h in page] == ["t-2"]
+    assert (await client.post("/threads/search", json={"status": "busy"})).json() == []
+    assert (await client.post("/threads/count", json={})).json() == 2
+    assert (await client.delete("/threads/t-2")).status_code == 204
+    assert (await client.get("/threads/t-2")).status_code == 404
+    state = (await client.get("/threads/t-1/state")).json()
+    assert state["values"] == {} and state["next"] == [] and state["checkpoint"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"thread_id": "has space"}, "thread_id"),
+        ({"if_exists": "overwrite"}, "if_exists"),
+        ({"metadata": "x"}, "metadata"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+async def test_thread_create_422_names_the_field(
+    api: Any, body: dict[str, Any], field: str
+) -> None:
+    client, _ = api
+    r = await client.post("/threads", json=body)
+    assert r.status_code == 422
+    assert field in json.dumps(r.json()["detail"])
+
+
+async def test_unknown_ids_are_404_everywhere(api: Any) -> None:
+    client, _ = api
+    await client.post("/threads", json={"thread_id": "t-1"})
+    for method, path in [
+        ("GET", "/threads/nope"),
+        ("GET", "/threads/nope/state"),
+        ("POST", "/threads/nope/history"),
+        ("GET", "/threads/nope/runs"),
+        ("GET", "/threads/t-1/runs/nope"),
+        ("GET", "/threads/t-1/runs/nope/join"),
+        ("GET", "/threads/t-1/runs/nope/stream"),
+        ("POST", "/threads/t-1/runs/nope/cancel"),
+        ("GET", "/threads/t-1/state/1ef00000-0000-6000-8000-000000000000"),
+    ]:
+        r = await client.request(method, path, json={} if method == "POST" else None)
+        assert r.status_code == 404, (method, path, r.text)
+    r = await client.post("/threads/nope/runs", json={"assistant_id": "supervisor", "input": {}})
+    assert r.status_code == 404
+    r = await client.post("/threads/t-1/runs", json={"assistant_id": "nope", "input": {}})
+    assert r.status_code == 404 and "assistant" in r.json()["detail"]
+
+
+# --- runs: validation before anything is queued -------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"stream_mode": "bogus"}, 422, "stream_mode"),
+        ({"stream_mode": "events"}, 422, "events"),
+        ({"context": {"platforms": ["myspace"]}}, 422, "platforms"),
+        ({"context": {"brand_nme": "x"}}, 422, "brand_nme"),
+        ({"multitask_strategy": "later"}, 422, "multitask_strategy"),
+        ({"input": {"messages": [{"role": "user", "content": "   "}]}}, 422, "empty"),
+        ({"webhook": "http://x"}, 422, "webhook"),
+        ({"command": {"resume": {"type": "accept"}}}, 409, "not waiting for an approval"),
+        ({"input": None}, 422, "input"),
+    ],
+)
+async def test_bad_run_requests_are_refused_and_leave_nothing(
+    api: Any, body: dict[str, Any], status: int, needle: str
+) -> None:
+    client, _ = api
+    await client.post("/threads", json={"thread_id": "t-1"})
+    payload = {
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": "Write a blog post"}]},
+    }
+    payload.update(body)
+    if "command" in body:
+        payload.pop("input")
+    r = await client.post("/threads/t-1/runs", json=payload)
+    assert r.status_code == status, r.text
+    assert needle in json.dumps(r.json()["detail"])
+    assert (await client.get("/threads/t-1/runs")).json() == []
+    # if_not_exists=create does not create a thread for a refused request
+    r = await client.post("/threads/t-new/runs", json={**payload, "if_not_exists": "create"})
+    assert r.status_code == status
+    assert (await client.get("/threads/t-new")).status_code == 404
+
+
+# --- tenants and roles --------------------------------------------------------------------------
+async def test_another_tenant_gets_404_and_a_viewer_cannot_start_runs(api: Any) -> None:
+    client, app = api
+    as_principal(app, "acme", "editor")
+    await client.post("/threads", json={"thread_id": "t-acme", "metadata": {"k": "v"}})
+    as_principal(app, "globex", "admin")
+    for method, path in [
+        ("GET", "/threads/t-acme"),
+        ("GET", "/threads/t-acme/state"),
+        ("POST", "/threads/t-acme/history"),
+        ("GET", "/threads/t-acme/runs"),
+        ("PATCH", "/threads/t-acme"),
+        ("DELETE", "/threads/t-acme"),
+    ]:
+        r = await client.request(method, path, json={} if method in ("POST", "PATCH") else None)
+        assert r.status_code == 404, (method, path)
+    r = await client.post(
+        "/threads/t-acme/runs", json={"assistant_id": "supervisor", "input": {"messages": ["hi"]}}
+    )
+    assert r.status_code == 404
+    assert (await client.post("/threads/search", json={})).json() == []
+    taken = await client.post("/threads", json={"thread_id": "t-acme", "if_exists": "do_nothing"})
+    assert taken.status_code == 409  # never handed over to another tenant
+    as_principal(app, "acme", "viewer")
+    assert (await client.get("/threads/t-acme")).status_code == 200
+    r = await client.post(
+        "/threads/t-acme/runs", json={"assistant_id": "supervisor", "input": {"messages": ["hi"]}}
+    )
+    assert r.status_code == 403
+    assert (await client.post("/threads", json={})).status_code == 403
+
+
+# --- one real run through the worker ------------------------------------------------------------
+async def test_stream_interrupt_then_resume_over_sse(api: Any) -> None:
+    client, _ = api
+    await client.post("/threads", json={"thread_id": "t-run"})
+    r = await client.post(
+        "/threads/t-run/runs/stream",
+        json={
+            "assistant_id": "supervisor",
+            "input": {"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
+            "stream_mode": ["updates"],
+            "stream_subgraphs": True,
+        },
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    run_id = r.headers["content-location"].rsplit("/", 1)[1]
+    assert r.headers["location"] == f"/threads/t-run/runs/{run_id}/stream"
+    assert "gzip" not in r.headers.get("content-encoding", "")
+    events = sse_events(r.text)
+    assert events[0]["event"] == "metadata" and events[0]["data"] == {
+        "run_id": run_id,
+        "attempt": 1,
+    }
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(set(ids))
+    assert any(e["event"].startswith("updates|social:") for e in events)
+    interrupt = [e for e in events if e["event"] == "updates" and "__interrupt__" in e["data"]]
+    assert interrupt, [e["event"] for e in events]
+    thread = (await client.get("/threads/t-run")).json()
+    assert thread["status"] == "interrupted" and thread["interrupts"]
+    state = (await client.get("/threads/t-run/state")).json()
+    assert state["interrupts"][0]["value"][0]["action_request"]["action"] == "publish_post"
+
+    # a new request may not skip the approval; a malformed answer is a 422 naming the fix
+    r = await client.post(
+        "/threads/t-run/runs", json={"assistant_id": "supervisor", "input": {"messages": ["hi"]}}
+    )
+    assert r.status_code == 409 and "approval" in r.json()["detail"]
+    r = await client.post(
+        "/threads/t-run/runs",
+        json={"assistant_id": "supervisor", "command": {"resume": {"type": "edit"}}},
+    )
+    assert r.status_code == 422
+
+    r = await client.post(
+        "/threads/t-run/runs/wait",
+        json={"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}},
+    )
+    result = r.json()
+    assert "__interrupt__" not in result and result["scheduled"][0]["platform"] == "linkedin"
+    assert (await client.get("/threads/t-run")).json()["status"] == "idle"
+    runs = (await client.get("/threads/t-run/runs")).json()
+    assert [x["status"] for x in runs] == ["success", "interrupted"]
+    history = (await client.post("/threads/t-run/history", json={"limit": 100})).json()
+    assert (
+        history[0]["checkpoint"]["checkpoint_id"]
+        == (await client.get("/threads/t-run/state")).json()["checkpoint_id"]
+    )
+    old = history[-1]["checkpoint"]["checkpoint_id"]
+    at = (await client.get(f"/threads/t-run/state/{old}")).json()
+    assert at["checkpoint"]["checkpoint_id"] == old
+
+    # replay from the middle: exactly the events after the cursor
+    r = await client.get(
+        f"/threads/t-run/runs/{run_id}/stream", headers={"Last-Event-ID": str(ids[3])}
+    )
+    assert [int(e["id"]) for e in sse_events(r.text)] == ids[4:]
+    # a finished run cannot be cancelled
+    assert (await client.post(f"/threads/t-run/runs/{run_id}/cancel")).status_code == 409
+
+
+async def test_state_update_as_node_and_unknown_node(api: Any) -> None:
+    client, _ = api
+    await client.post("/threads", json={"thread_id": "t-s"})
+    r = await client.post("/threads/t-s/state", json={"values": {"brief": None}, "as_node": "nope"})
+    assert r.status_code == 422 and "as_node" in r.json()["detail"]
+    r = await client.post(
+        "/threads/t-s/state",
+        json={"values": {"messages": [{"role": "user", "content": "hello"}]}, "as_node": "answer"},
+    )
+    assert r.status_code == 200 and r.json()["checkpoint"]["checkpoint_id"]
+    state = (await client.get("/threads/t-s/state")).json()
+    assert state["values"]["messages"][0]["content"] == "hello"
+    assert state["metadata"]["source"] == "update"
+
+
+async def test_chat_endpoint_refuses_bad_input_without_side_effects(api: Any) -> None:
+    client, _ = api
+    r = await client.post("/chat", json={"message": "   ", "thread_id": "c-1"})
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    assert (await client.get("/threads/c-1")).status_code == 404
+    r = await client.post("/chat/c-1/approval", json={"answer": {"type": "accept"}})
+    assert r.status_code == 404
+    r = await client.post("/chat", json={"message": "hi", "context": {"timezone": "Mars/Base"}})
+    assert r.status_code == 422 and "timezone" in r.json()["detail"]
+
+
+async def test_shutdown_releases_unfinished_runs_to_the_queue(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run still going when the grace period ends goes back to `pending` (no owner, no lease)
+    and its thread stays `busy` until the next server resumes it."""
+    app = create_app(
+        settings.model_copy(update={"shutdown_grace_s": 0.1, "scripted_latency_ms": 500})
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/threads", json={"thread_id": "t-long"})
+            run = (
+                await client.post(
+                    "/threads/t-long/runs",
+                    json={
+                        "assistant_id": "supervisor",
+                        "input": {"messages": ["Write a blog post"]},
+                    },
+                )
+            ).json()
+            svc = app.state.services
+            for _ in range(100):
+                if (await svc.db.get_run(run["run_id"]))["status"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+    from app.db import open_sqlite_db
+
+    db, conn = await open_sqlite_db(settings.sqlite_path)
+    try:
+        row = await db.get_run(run["run_id"])
+        assert row is not None
+        assert row["status"] == "pending" and row["lease_owner"] is None and row["attempt"] == 1
+        thread = await db.get_thread("t-long")
+        assert thread is not None and thread["status"] == "busy"
+    finally:
+        await conn.close()
