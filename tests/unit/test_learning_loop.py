@@ -262,3 +262,21 @@ async def test_research_cites_documents_of_its_own_tenant_only(
     assert other["brief"]["sources"] == []
     default = await research.ainvoke(task, context=MarketingContext())
     assert default["brief"]["sources"] == []
+
+
+def test_server_runs_use_their_owners_tenant_whatever_the_client_sends() -> None:
+    from app.server.executor import run_config
+
+    run = {
+        "run_id": "r1",
+        "thread_id": "t1",
+        "tenant": "acme",
+        "attempt": 1,
+        "graph_id": "supervisor",
+        "assistant_id": "a1",
+        "metadata": {},
+        "kwargs": {"config": {"configurable": {"tenant": "globex", "other": 1}}},
+    }
+    config = run_config(run)
+    assert config["configurable"]["tenant"] == "acme"
+    assert config["configurable"]["other"] == 1
