@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_REQUEST ?= Research what runners say about carbon-plated trail shoes, write a launch blog post and LinkedIn + X posts for our TerraRun shoe, and schedule them for Tuesday 9am.
 
-.PHONY: install demo test unit eval lint typecheck bench bench-server studio clean
+.PHONY: install demo test unit eval lint typecheck bench bench-kb bench-server studio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ typecheck: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-kb: install
+	$(BIN)/python -m bench.kb
 
 bench-server: install
 	$(BIN)/python -m bench.server

@@ -1,11 +1,13 @@
-"""Process start-up shared by the CLI and the server: settings, model factory, storage, runner."""
+"""Process start-up shared by the CLI and the server: settings, model factory, storage, knowledge
+base, runner."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
+from app.knowledge import open_knowledge_base
 from app.models import ModelFactory, set_model_factory
 from app.runner import Runner
 from app.settings import Settings, get_settings, reset_settings_cache
@@ -27,14 +29,20 @@ async def open_runner(
     migrate: bool = False,
     factory: ModelFactory | None = None,
     runner_cls: type[Runner] = Runner,
+    knowledge_base: bool = True,
+    eager_knowledge_base: bool = False,
 ) -> AsyncIterator[Runner]:
-    """Install the model factory and open storage for one process (or one eval run); a test may
+    """Install the model factory, open storage and the knowledge base (lazily unless
+    `eager_knowledge_base`; see `app.knowledge`) for one process (or one eval run); a test may
     pass its own factory or Runner class."""
     s = settings or get_settings()
     factory = factory or ModelFactory(s)
     previous = set_model_factory(factory)
     try:
-        async with open_storage(s, migrate=migrate) as storage:
+        async with AsyncExitStack() as stack:
+            if knowledge_base:
+                await stack.enter_async_context(open_knowledge_base(s, eager=eager_knowledge_base))
+            storage = await stack.enter_async_context(open_storage(s, migrate=migrate))
             runner = runner_cls(storage, factory)
             try:
                 yield runner

@@ -21,6 +21,8 @@ from app.db import StorageNotMigratedError, utcnow
 from app.errors import AppError
 from app.models import ModelConfigError
 from app.runner import Runner
+from app.settings import get_settings
+from tools.knowledge import get_knowledge_base
 
 app = typer.Typer(
     help="Hierarchical marketing agents: a supervisor plans and delegates to research, content, "
@@ -30,6 +32,13 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+kb_app = typer.Typer(
+    help="The knowledge base (Qdrant): ingest company documents, search them and the remembered "
+    "past outputs, show stats, rebuild after an embedding change. Embedded Qdrant in DATA_DIR/qdrant "
+    "by default (one process at a time: stop `mkt serve` first), a server with QDRANT_URL.",
+    no_args_is_help=True,
+)
+app.add_typer(kb_app, name="kb")
 keys_app = typer.Typer(
     help="API keys for the HTTP server (mkt serve): create, list, revoke. Roles: viewer reads; "
     "editor also starts runs and answers approvals; admin also manages keys. Without any key "
@@ -210,8 +219,12 @@ async def _chat(
     view: ChatView,
 ) -> str:
     info = runner.factory.info()
+    kb = getattr(get_knowledge_base(), "description", "none")
     if not view.as_json:
-        console.print(f"[dim]model: {info.describe()} · storage: {runner.storage.description}[/]")
+        console.print(
+            f"[dim]model: {info.describe()} · storage: {runner.storage.description} · "
+            f"knowledge base: {kb}[/]"
+        )
     else:
         view.emit(
             {
@@ -219,6 +232,7 @@ async def _chat(
                 "provider": info.provider,
                 "model": info.model,
                 "storage": runner.storage.description,
+                "knowledge_base": kb,
             }
         )
     events: AsyncIterator[dict[str, Any]] | None = None
@@ -355,7 +369,7 @@ def chat(
     view = ChatView(as_json)
 
     async def main() -> str:
-        async with open_runner(settings) as runner:
+        async with open_runner(settings, eager_knowledge_base=True) as runner:
             if (
                 settings.model_provider != "scripted"
                 and runner.factory.provider == "local"
@@ -393,7 +407,7 @@ def threads(
     """List threads with their status (idle, busy, interrupted, error)."""
 
     async def main() -> list[dict[str, Any]]:
-        async with open_runner() as runner:
+        async with open_runner(knowledge_base=False) as runner:
             return await runner.storage.db.list_threads(limit)
 
     rows = _run(main()) or []
@@ -421,7 +435,7 @@ def outbox(
     from tools.publishers import DryRunPublisher
 
     async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        async with open_runner() as runner:
+        async with open_runner(knowledge_base=False) as runner:
             published: list[dict[str, Any]] = []
             if publish_due:
                 published = await DryRunPublisher(runner.storage.db).publish_due(utcnow())
@@ -481,6 +495,280 @@ def eval_(
         _fail(f"unknown mode {mode!r}; use auto, offline or live")
     code = run_eval(suite, mode, model, repeat, concurrency, baseline, update_baseline, out)  # type: ignore[arg-type]
     raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# knowledge base and feedback
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_kb() -> Any:
+    """The configured knowledge base, opened now (a held lock or a bad server fails here)."""
+    from tools.qdrant_kb import QdrantKnowledgeBase
+
+    kb = QdrantKnowledgeBase(get_settings())
+    try:
+        kb.open()
+    except AppError as exc:
+        _fail(str(exc))
+    return kb
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files and folders (walked recursively).", show_default=False),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Ingest .md .txt .html .pdf .docx .csv files into the `documents` collection.
+
+    Files are chunked along headings and paragraphs with overlap. Unchanged files are skipped,
+    changed files replace their old chunks, unreadable or unsupported files are reported and
+    skipped (never half-written).\n
+    Example: mkt kb ingest docs/ brand-guide.pdf
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tools.ingest import IngestPathError, discover, ingest_paths
+    from tools.qdrant_kb import LOCAL_MODE_ADVISED_MAX_POINTS
+
+    s = get_settings()
+    try:
+        total = len(list(discover(paths)))
+    except IngestPathError as exc:
+        _fail(f"{exc}; give existing files or folders")
+    kb = _open_kb()
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("· {task.fields[chunks]} chunks"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    )
+    try:
+        with progress:
+            task = progress.add_task("ingesting", total=total, chunks=0)
+            chunks = 0
+
+            def on_file(path: Path, n: int, _total: int) -> None:
+                progress.update(task, completed=n - 1, description=f"{path.name[:40]:<40}")
+
+            def on_chunks(n: int) -> None:
+                nonlocal chunks
+                chunks += n
+                progress.update(task, chunks=chunks)
+
+            summary = ingest_paths(
+                kb,
+                paths,
+                chunk_chars=s.kb_chunk_chars,
+                overlap=s.kb_chunk_overlap,
+                on_file=on_file,
+                on_chunks=on_chunks,
+            )
+            progress.update(task, completed=total)
+        total_points = kb.stats()[0].points
+    except AppError as exc:
+        _fail(str(exc))
+    finally:
+        kb.close()
+    elapsed = time.perf_counter() - started
+    if as_json:
+        print(json.dumps({**summary.as_dict(), "seconds": round(elapsed, 2)}))
+        return
+    console.print(
+        f"[bold]{len(summary.files)} file(s)[/]: [green]{summary.count('added')} added[/], "
+        f"{summary.count('updated')} updated, {summary.count('unchanged')} unchanged, "
+        f"[yellow]{len(summary.skipped)} skipped[/] · {summary.chunks_written} chunks written "
+        f"in {elapsed:.1f}s · {kb.description}"
+    )
+    for f in summary.skipped:
+        console.print(f"[yellow]skipped[/] {f.path}: {f.reason}", soft_wrap=True)
+    if kb.local and total_points > LOCAL_MODE_ADVISED_MAX_POINTS:
+        console.print(
+            f"[yellow]note[/] {total_points:,} chunks in the embedded store: above "
+            f"{LOCAL_MODE_ADVISED_MAX_POINTS:,} a Qdrant server (QDRANT_URL) searches and ingests "
+            "much faster (see bench/README.md)",
+            soft_wrap=True,
+        )
+
+
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: Annotated[
+        str, typer.Option(help="documents | past_outputs | all (both, merged).")
+    ] = "documents",
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many hits.")] = 5,
+    brand: Annotated[str | None, typer.Option(help="Past outputs of this brand only.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="auto | hybrid | dense (default: KB_SEARCH_MODE).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+) -> None:
+    """Search the knowledge base and show hits with scores and sources.
+
+    Example: mkt kb search "TR-2 GTX price" --collection all
+    """
+    from tools.qdrant_kb import COLLECTIONS
+
+    if collection not in (*COLLECTIONS, "all"):
+        _fail(f"unknown collection {collection!r}; use documents, past_outputs or all")
+    if mode not in (None, "auto", "hybrid", "dense"):
+        _fail(f"unknown mode {mode!r}; use auto, hybrid or dense")
+    if not query.strip():
+        _fail("the query is empty")
+    kb = _open_kb()
+    names = COLLECTIONS if collection == "all" else (collection,)
+    try:
+        hits = _run(kb.search(query, k=k, brand=brand, collections=names, mode=mode)) or []
+    finally:
+        kb.close()
+    if as_json:
+        print(json.dumps([h.model_dump() for h in hits]))
+        return
+    if not hits:
+        console.print("no hits (ingest documents with `mkt kb ingest PATH`)")
+        return
+    table = Table("#", "score", "collection", show_lines=True)
+    table.add_column("source", overflow="fold", ratio=2)
+    table.add_column("text", ratio=3)
+    for n, h in enumerate(hits, start=1):
+        where = _short_path(h.source) + (f"\n[dim]{h.section}[/]" if h.section else "")
+        table.add_row(str(n), f"{h.score:.3f}", h.collection, where, h.text[:300])
+    console.print(table)
+
+
+def _short_path(source: str) -> str:
+    """A source path relative to the working directory when it is under it."""
+    try:
+        return str(Path(source).relative_to(Path.cwd()))
+    except ValueError:
+        return source
+
+
+@kb_app.command("stats")
+def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Points per collection, the embedding each was built with, and ingested sources."""
+    kb = _open_kb()
+    try:
+        stats = kb.stats()
+        sources = kb.source_counts()
+        modes = {c.name: kb.resolved_mode(c.name) for c in stats}
+    except AppError as exc:
+        _fail(str(exc))
+    finally:
+        kb.close()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "store": kb.description,
+                    "search_mode": kb.search_mode,
+                    "resolved_modes": modes,
+                    "collections": [c.__dict__ for c in stats],
+                    "sources": sources,
+                }
+            )
+        )
+        return
+    table = Table("collection", "physical", "points", "embedding", "dim", "sparse")
+    for c in stats:
+        table.add_row(
+            c.name,
+            c.physical,
+            str(c.points),
+            c.embedding_model,
+            str(c.embedding_dim),
+            c.sparse_encoder,
+        )
+    console.print(table)
+    console.print(
+        f"{len(sources)} ingested source(s) · search mode {kb.search_mode} ("
+        + ", ".join(f"{name}: {mode}" for name, mode in modes.items())
+        + f") · {kb.description}"
+    )
+
+
+@kb_app.command("reindex")
+def kb_reindex() -> None:
+    """Rebuild both collections with the configured embedding model (after changing
+    EMBEDDING_PROVIDER / EMBEDDING_MODEL). Searches keep using the old index until the new one is
+    complete; the switch is atomic."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tools.qdrant_kb import QdrantKnowledgeBase
+
+    kb = QdrantKnowledgeBase(get_settings())
+    progress = Progress(
+        TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(), console=err
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done)
+
+    try:
+        with progress:
+            done = kb.reindex(progress=on_progress)
+    except AppError as exc:
+        _fail(str(exc))
+    finally:
+        kb.close()
+    console.print(
+        "reindexed "
+        + ", ".join(f"{name} ({n} points)" for name, n in done.items())
+        + f" with {kb.embedder.name} ({kb.embedder.dim} dimensions)"
+    )
+
+
+@app.command()
+def feedback(
+    thread_id: Annotated[str, typer.Argument(help="The thread whose outputs you rate.")],
+    rating: Annotated[
+        int,
+        typer.Option("--rating", "-r", min=1, max=5, help="1-5: 4-5 = successful, 1-2 = rejected."),
+    ],
+    comment: Annotated[str | None, typer.Option(help="Why (kept with the outputs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rate a thread's outputs. 4-5 marks them successful: the writing agents see them as
+    examples next time for the same brand and platform. 1-2 marks them rejected: never shown.
+
+    Example: mkt feedback 3f2c… --rating 5 --comment "great hook"
+    """
+    from app.feedback import rate_thread
+
+    async def main() -> list[Any]:
+        from tools.knowledge import get_knowledge_base
+        from tools.qdrant_kb import QdrantKnowledgeBase
+
+        async with open_runner(eager_knowledge_base=True) as runner:
+            kb = get_knowledge_base()
+            assert isinstance(kb, QdrantKnowledgeBase)  # installed by open_runner
+            return await rate_thread(runner, kb, thread_id, rating, comment)
+
+    rated = _run(main()) or []
+    if as_json:
+        print(json.dumps([o.model_dump() for o in rated]))
+        return
+    table = Table("output", "version", "status", "rating", "used as example")
+    for o in rated:
+        where = f"{o.artifact_id}" + (f" ({o.platform})" if o.platform else "")
+        table.add_row(
+            where, str(o.version), o.status, str(o.rating), "yes" if o.successful else "no"
+        )
+    console.print(table)
 
 
 @app.command()

@@ -57,6 +57,14 @@ def _sources(text: str) -> list[tuple[str, str, str]]:
     )
 
 
+def _brief_points(prompt: str) -> list[str]:
+    """The key points of the research brief data block (`- point` lines)."""
+    m = re.search(r'<data label="research brief">\n.*?\n(.*?)\n</data>', prompt, flags=re.S)
+    if not m:
+        return []
+    return [ln[2:].strip() for ln in m.group(1).split("\n") if ln.startswith("- ")]
+
+
 def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -110,6 +118,9 @@ class ScriptedChatModel(BaseChatModel):
         elif "BriefDraft" in names:
             tool_calls = [self._call("BriefDraft", self._brief(task, prompt))]
         elif "LongFormDraft" in names:
+            # the brief's key points come from its data block, never from the task block
+            points = "\n".join(f"- {p}" for p in _brief_points(prompt))
+            task = {**task, "brief_points": points}
             tool_calls = [self._call("LongFormDraft", self._long_form(task))]
         elif "SocialDraft" in names:
             tool_calls = [self._call("SocialDraft", self._social(task))]

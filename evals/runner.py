@@ -125,9 +125,16 @@ def _offline_env(mode: Mode) -> Iterator[None]:
 
 
 def _settings(mode: Mode, model: str | None, data_dir: Path) -> Settings:
+    # the knowledge base is always the embedded one in the run's temporary DATA_DIR: evals seed
+    # it and must never write into a configured Qdrant server
     if mode == "offline":
-        return Settings(model_provider="scripted", data_dir=data_dir)
-    extra: dict[str, Any] = {"data_dir": data_dir}
+        return Settings(
+            model_provider="scripted",
+            data_dir=data_dir,
+            qdrant_url=None,
+            embedding_provider="wordllama",
+        )
+    extra: dict[str, Any] = {"data_dir": data_dir, "qdrant_url": None}
     if model:
         extra["model_name"] = model
     s = Settings(**extra)

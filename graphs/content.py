@@ -10,8 +10,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from app.llm import ModelOutputError, ask_structured
+from app.settings import get_settings
 from graphs.context import MarketingContext, context_of
-from graphs.material import brief_points, material
+from graphs.learning import examples_block
+from graphs.material import material
 from graphs.schemas import LongFormDraft
 from graphs.state import AgentInput, AgentOutput, Artifact, StepResult, step_failed
 from prompts import render, task_block
@@ -42,6 +44,16 @@ async def write(
     report = state.get("report") or {}
     feedback = " ".join(report.get("feedback") or []) if attempt else (state.get("feedback") or "")
     previous = state.get("draft")
+    kind = _kind(state)
+    examples = await examples_block(
+        runtime,
+        ctx,
+        query="\n".join(x for x in (state.get("topic", ""), state.get("task", "")) if x),
+        kind=kind,
+        platform=None,
+        artifact_id=state.get("artifact_id") or kind,
+        k=get_settings().kb_examples_k,
+    )
     prompt = render(
         "content_write",
         brand=ctx.brand_name,
@@ -51,17 +63,17 @@ async def write(
         keywords=", ".join(_keywords(state, ctx)) or "(none)",
         task=task_block(
             agent="content",
-            kind=_kind(state),
+            kind=kind,
             topic=state.get("topic", ""),
             brand=ctx.brand_name,
             keywords=_keywords(state, ctx),
             task=state.get("task", ""),
             feedback=feedback or None,
             previous_draft="yes" if previous else None,
-            brief_points="\n".join(f"- {p}" for p in brief_points(state.get("brief"))) or None,
         ),
         material=material(state)
         + (f"\n\nYour previous draft:\n{previous['body']}" if previous else ""),
+        examples=examples,
     )
     try:
         draft, usage = await ask_structured(

@@ -3,7 +3,9 @@ accepted or edited item is written to the durable outbox exactly once.
 
 The approval node has no side effects (it re-runs from the top on every resume); the outbox write
 lives in its own node and is idempotent by key, so a retry, a resume or a crash after the write but
-before the checkpoint cannot write an item twice.
+before the checkpoint cannot write an item twice. The same node records each decision in the
+knowledge base's `past_outputs` (accepted -> approved, edited -> the edited text as edited, ignored
+-> rejected) under a point id derived from (tenant, thread, artifact, version): recorded once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.db import utcnow
 from app.faults import crash_point
 from app.storage import active_db
 from graphs.context import MarketingContext, context_of
+from graphs.learning import remember
 from graphs.schemas import (
     ActionRequest,
     EditResponse,
@@ -141,11 +144,15 @@ async def enqueue(state: PublishingState, runtime: Runtime[MarketingContext]) ->
     scheduled: list[ScheduledItem] = []
     revisions: list[dict[str, str]] = []
     counts = {"accept": 0, "edit": 0, "respond": 0, "ignore": 0}
+    notes: list[str] = []
+    topic = state.get("topic", "")
     for d in state.get("decisions") or []:
         item = items[d["artifact_id"]]
         counts[d["type"]] += 1
         if d["type"] == "ignore":
             artifacts[item["id"]] = {**item, "status": "rejected"}
+            note = await remember(item, "rejected", ctx=ctx, thread_id=thread_id, topic=topic)
+            notes += [note] if note else []
             continue
         if d["type"] == "respond":
             revisions.append({"artifact_id": item["id"], "feedback": d["feedback"]})
@@ -171,6 +178,16 @@ async def enqueue(state: PublishingState, runtime: Runtime[MarketingContext]) ->
             scheduled_at=when,
         )
         crash_point("after_outbox_write")
+        # the learning loop: what a person approved (or the edit they made) is remembered; the
+        # point id is derived from (thread, artifact, version), so a re-run records it once
+        note = await remember(
+            final,
+            "edited" if d["type"] == "edit" else "approved",
+            ctx=ctx,
+            thread_id=thread_id,
+            topic=topic,
+        )
+        notes += [note] if note else []
         final["status"] = "scheduled"
         artifacts[final["id"]] = final
         scheduled.append(
@@ -189,7 +206,8 @@ async def enqueue(state: PublishingState, runtime: Runtime[MarketingContext]) ->
         step_id=step_id,
         agent="publishing",
         status="needs_revision" if revisions else "done",
-        summary=f"approvals: {summary}; {len(scheduled)} item(s) in the outbox",
+        summary=f"approvals: {summary}; {len(scheduled)} item(s) in the outbox"
+        + "".join(f"; {n}" for n in notes),
         artifact_ids=[a for a in artifacts],
     )
     if revisions:

@@ -10,7 +10,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from app.llm import ModelOutputError, ask_structured
+from app.settings import get_settings
 from graphs.context import MarketingContext, context_of
+from graphs.learning import examples_block
 from graphs.material import material
 from graphs.schemas import SocialDraft
 from graphs.state import AgentInput, AgentOutput, Artifact, StepResult, step_failed
@@ -40,6 +42,15 @@ async def write(
     rules = get_rules(_platform(state))
     attempt = state.get("attempt", 0)
     feedback = state.get("problem") if attempt else state.get("feedback")
+    examples = await examples_block(
+        runtime,
+        ctx,
+        query="\n".join(x for x in (state.get("topic", ""), state.get("task", "")) if x),
+        kind="post",
+        platform=rules.name,
+        artifact_id=state.get("artifact_id") or f"post-{rules.name}",
+        k=get_settings().kb_examples_k,
+    )
     prompt = render(
         "social_write",
         brand=ctx.brand_name,
@@ -61,6 +72,7 @@ async def write(
             feedback=feedback or None,
         ),
         material=material(state),
+        examples=examples,
     )
     try:
         draft, usage = await ask_structured(

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.tools import BaseTool, tool
+from langgraph.config import get_config
 
 from app.settings import get_settings
-from tools.knowledge import get_knowledge_base
+from tools.knowledge import KnowledgeBaseError, get_knowledge_base, tenant_of
 from tools.web import FetchError, TavilySearch, UnsafeURLError, WebSearchError, fetch_url
 
 WEB_SEARCH_UNAVAILABLE = "web search unavailable: TAVILY_API_KEY is not set"
@@ -20,14 +21,36 @@ def _source(title: str, url: str, snippet: str, origin: str) -> dict[str, Any]:
     return {"title": title[:200], "url": url, "snippet": snippet[:SNIPPET_CHARS], "origin": origin}
 
 
+def _tenant() -> str:
+    try:
+        return tenant_of(get_config())
+    except RuntimeError:  # called outside a graph run
+        return tenant_of(None)
+
+
 @tool(response_format="content_and_artifact")
 async def search_knowledge_base(query: str) -> tuple[str, list[dict[str, Any]]]:
     """Search the company's own documents and past approved outputs."""
-    hits = await get_knowledge_base().search(query, k=5)
+    kb = get_knowledge_base()
+    if kb.name == "empty":
+        return "No knowledge base is configured in this process.", []
+    try:
+        hits = await kb.search(query, k=5, tenant=_tenant())
+    except KnowledgeBaseError as exc:
+        return f"Knowledge base unavailable: {exc}", []
     if not hits:
         return "No knowledge-base results.", []
-    sources = [_source(h.title, h.source, h.text, "knowledge_base") for h in hits]
-    return f"{len(hits)} knowledge-base results.", sources
+    # one source per document (citations name documents); its passages joined, best first
+    by_source: dict[str, list[str]] = {}
+    titles: dict[str, str] = {}
+    for h in hits:
+        by_source.setdefault(h.source, []).append(h.text)
+        titles.setdefault(h.source, h.title)
+    sources = [
+        _source(titles[src], src, "\n[…]\n".join(texts), "knowledge_base")
+        for src, texts in by_source.items()
+    ]
+    return f"{len(hits)} knowledge-base passages from {len(sources)} documents.", sources
 
 
 @tool(response_format="content_and_artifact")

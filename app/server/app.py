@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None, *, host: str = "127.0.0.1") -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runner(s) as runner:
+        # the knowledge base opens at start-up: a held embedded store (another `mkt` process) or
+        # an unreachable QDRANT_URL stops the server here with the fix named
+        async with open_runner(s, eager_knowledge_base=True) as runner:
             app.state.db = runner.storage.db
             try:
                 _say(await startup_check(runner.storage.db, host))

@@ -31,6 +31,7 @@ from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
 from app.settings import Settings
 from graphs.context import MarketingContext
+from tools.knowledge import DEFAULT_TENANT
 
 log = logging.getLogger("mkt.server")
 
@@ -69,6 +70,9 @@ def run_config(run: dict[str, Any]) -> RunnableConfig:
         k: v for k, v in (user.get("configurable") or {}).items() if not str(k).startswith("__")
     }
     configurable["thread_id"] = run["thread_id"]
+    # the knowledge base reads and writes only this tenant's points (`tools.knowledge.tenant_of`):
+    # it comes from the run's owner (the caller's API key), never from the client's config
+    configurable["tenant"] = run.get("tenant") or DEFAULT_TENANT
     config: RunnableConfig = {
         "configurable": configurable,
         "recursion_limit": int(user.get("recursion_limit") or RECURSION_LIMIT),

@@ -205,7 +205,12 @@ class RateLimitMiddleware:
 
 
 def _secrets(settings: Settings) -> list[str | None]:
-    values = [settings.openai_api_key, settings.tavily_api_key, settings.database_url]
+    values = [
+        settings.openai_api_key,
+        settings.tavily_api_key,
+        settings.database_url,
+        settings.qdrant_api_key,
+    ]
     values.append(settings.redis_url)
     return [v.get_secret_value() if v is not None else None for v in values]
 

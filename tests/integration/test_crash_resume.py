@@ -116,10 +116,13 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
 def test_kill_9_then_same_command_resumes_to_the_same_result(
     backend_env: dict[str, str], how: str, where: Any
 ) -> None:
+    # the uninterrupted run gets its own DATA_DIR (and so its own knowledge base): approvals are
+    # remembered, and the learning loop would rightly show its approved outputs to the next run
+    base_env = {**backend_env, "DATA_DIR": str(Path(backend_env["DATA_DIR"]).parent / "base")}
     baseline_thread = f"base-{uuid.uuid4().hex[:8]}"
-    done = chat(backend_env, baseline_thread)
+    done = chat(base_env, baseline_thread)
     assert done.returncode == 0, done.stderr
-    baseline = final_state(backend_env, baseline_thread)
+    baseline = final_state(base_env, baseline_thread)
     assert baseline["status"] == "idle"
     assert sorted(o[0] for o in baseline["outbox"]) == ["blog", "post-linkedin", "post-x"]
 

@@ -22,7 +22,7 @@ from evals.runner import EvalOptions, main, run_evals
 from evals.suites.trajectory import trajectory_matches
 from evals.types import HarnessError
 from graphs.context import MarketingContext
-from tools.knowledge import KBHit
+from tools.knowledge import EmptyKnowledgeBase, KBHit
 
 # --- metrics ---------------------------------------------------------------------------------
 
@@ -189,7 +189,9 @@ class KeywordKB:
     def add_documents(self, docs: list[dict[str, Any]]) -> None:
         self.docs = docs
 
-    async def search(self, query: str, *, k: int = 5, brand: str | None = None) -> list[KBHit]:
+    async def search(
+        self, query: str, *, k: int = 5, brand: str | None = None, tenant: str = "default"
+    ) -> list[KBHit]:
         words = {w.strip("?.,").lower() for w in query.split() if len(w) > 3}
         scored = []
         for d in self.docs:
@@ -204,7 +206,10 @@ class KeywordKB:
 
 
 async def test_retrieval_skipped_without_kb_and_measured_with_one(tmp_path: Path) -> None:
-    skipped = await run_evals(EvalOptions(suite="retrieval", mode="offline", out=tmp_path / "a"))
+    skipped = await run_evals(
+        EvalOptions(suite="retrieval", mode="offline", out=tmp_path / "a"),
+        knowledge_base=EmptyKnowledgeBase(),
+    )
     suite = skipped.suites[0]
     assert suite.skipped and "EmptyKnowledgeBase" in (suite.skip_reason or "")
     assert {g.status for g in skipped.gates if g.name.startswith("retrieval.")} == {"skipped"}
@@ -217,6 +222,18 @@ async def test_retrieval_skipped_without_kb_and_measured_with_one(tmp_path: Path
     )
     metrics = measured.suites[0].metrics
     assert 0.0 < metrics["recall_at_k"] <= 1.0 and 0.0 < metrics["mrr"] <= 1.0
+
+
+async def test_retrieval_runs_against_the_real_knowledge_base_by_default(tmp_path: Path) -> None:
+    """`open_runner` installs the Qdrant knowledge base; the suite seeds it once, even with
+    cases running concurrently, and passes its gates."""
+    out = await run_evals(
+        EvalOptions(suite="retrieval", mode="offline", out=tmp_path / "c", concurrency=8)
+    )
+    suite = out.suites[0]
+    assert not suite.skipped
+    assert suite.metrics["recall_at_k"] >= 0.8 and suite.metrics["mrr"] >= 0.6
+    assert {g.status for g in out.gates if g.name.startswith("retrieval.")} == {"passed"}
 
 
 # --- reports, baseline, exit codes ---------------------------------------------------------------

@@ -22,7 +22,9 @@ class StaticKB:
     def __init__(self, hits: list[KBHit]) -> None:
         self.hits = hits
 
-    async def search(self, query: str, *, k: int = 5, brand: str | None = None) -> list[KBHit]:
+    async def search(
+        self, query: str, *, k: int = 5, brand: str | None = None, tenant: str = "default"
+    ) -> list[KBHit]:
         return self.hits[:k]
 
 
