@@ -116,12 +116,14 @@ class ChatView:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.streaming = False
+        self.streamed = False  # this run streamed the answer's first line as tokens
         self.announced: set[str] = set()
         self.thread_id: str | None = None
 
     def emit(self, event: dict[str, Any]) -> None:
         if event["type"] == "run":
             self.thread_id = event["thread_id"]
+            self.streamed = False
         if self.as_json:
             print(json.dumps(event, default=str), flush=True)
             return
@@ -159,13 +161,18 @@ class ChatView:
         elif kind == "token":
             if not self.streaming:
                 console.print("[bold]answer[/] ", end="")
-                self.streaming = True
+                self.streaming = self.streamed = True
             console.print(event["text"], end="", soft_wrap=True)
         elif kind == "final":
             if self.streaming:
                 console.print()
                 self.streaming = False
-            details = event["text"].split("\n", 1)[1] if "\n" in event["text"] else ""
+            text = event["text"]
+            if not self.streamed:  # e.g. a clarifying question: nothing was streamed
+                console.print("[bold]answer[/]")
+                details = text
+            else:
+                details = text.split("\n", 1)[1] if "\n" in text else ""
             if details.strip():
                 console.print(Markdown(details.strip()))
         elif kind == "usage" and event["usage"]:

@@ -125,17 +125,16 @@ async def plan(
         notes.append(f"the model's plan was unusable ({exc}); used the keyword planner")
         usage = exc.usage
         proposed = keyword_plan(request, index, ctx, state)
-    else:
-        if proposed.action == "execute" and not any(
-            s.agent in MAKERS or s.revise for s in proposed.steps
-        ):
-            fallback = keyword_plan(request, index, ctx, state)
-            if any(s.agent in MAKERS for s in fallback.steps):
-                notes.append(
-                    "the model's plan produced none of the requested pieces; used the keyword planner"
-                )
-                proposed = fallback
     final, policy_notes = normalize_plan(proposed, ctx, index)
+    # judged after the plan policies: a step they drop (e.g. a revision of an item that does not
+    # exist) does not count, so a plan left with nothing to make is degenerate too
+    if proposed.action == "execute" and not any(s.agent in MAKERS for s in final.steps):
+        fallback = keyword_plan(request, index, ctx, state)
+        if any(s.agent in MAKERS for s in fallback.steps):
+            notes.append(
+                "the model's plan produced none of the requested pieces; used the keyword planner"
+            )
+            final, policy_notes = normalize_plan(fallback, ctx, index)
     notes += policy_notes
     plan_dict = final.model_dump()
     plan_dict["notes"] = notes

@@ -103,3 +103,14 @@ def test_a_new_request_on_a_thread_waits_for_its_pending_approval() -> None:
     assert [s["id"] for s in plan["steps"]] == ["post-linkedin"]
     items = json.loads(cli.invoke(app, ["outbox", "--json", "--thread", tid]).output)["items"]
     assert [i["artifact_id"] for i in items] == ["post-x"]
+
+
+def test_a_clarifying_question_is_shown_to_the_person() -> None:
+    """A clarify answer is not streamed as tokens: the terminal view prints it whole."""
+    result = cli.invoke(app, ["chat", "Write something"])
+    assert result.exit_code == 0, result.output
+    as_json = events(cli.invoke(app, ["chat", "--json", "Write something"]).output)
+    question = next(e["text"] for e in as_json if e["type"] == "final")
+    assert "?" in question
+    first_line = str(question).splitlines()[0]
+    assert first_line.strip() and first_line.strip()[:40] in " ".join(result.output.split())

@@ -249,6 +249,20 @@ async def test_degenerate_or_invalid_model_plans_fall_back_to_the_keyword_planne
     assert [s["id"] for s in plan["steps"]] == ["blog"]
     assert any("produced none of the requested pieces" in n for n in plan["notes"])
 
+    # seen from the bundled 135M model on the demo request: one publishing step "revising" an
+    # item that does not exist. The plan policies drop it (nothing to publish), which leaves
+    # nothing to make: degenerate as well, so the keyword planner takes over
+    def phantom_publish(self: ScriptedChatModel, task: dict[str, str]) -> dict[str, Any]:
+        step = {"id": "1", "agent": "publishing", "task": "publish", "revise": "2018-04-30"}
+        return {"action": "execute", "steps": [step]}
+
+    monkeypatch.setattr(ScriptedChatModel, "_plan", phantom_publish)
+    tid, events = await converse(runner, "Write a blog post about our TerraRun shoe")
+    plan = next(e for e in events if e["type"] == "plan")
+    assert plan["action"] == "execute" and [s["id"] for s in plan["steps"]] == ["blog"]
+    assert any("produced none of the requested pieces" in n for n in plan["notes"])
+    assert [e["step"] for e in events if e["type"] == "agent_done"] == ["blog"]
+
     def garbage(self: ScriptedChatModel, task: dict[str, str]) -> dict[str, Any]:
         return {"action": "execute", "steps": "not a list"}
 
