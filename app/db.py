@@ -113,6 +113,14 @@ RUN_COLS = (
 )
 ACTIVE = ("pending", "running")
 
+# Postgres NOTIFY channels; the payload is a run id. Each is sent by the statement that makes the
+# change it announces, so it is delivered only once that change is committed (`app.server.notify`
+# listens; SQLite has no notifications and other processes poll).
+RUN_CHANNEL = "mkt_run"  # a run has new events or a final status: wake its streams and waiters
+CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker stops it now
+QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
+EVENTS_PER_STATEMENT = 500
+
 _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
@@ -121,6 +129,13 @@ _OUTBOX_COLS = (
 
 class ThreadBusyError(RuntimeError):
     """The thread already has an active run (and the caller asked not to queue)."""
+
+
+class LeaseLostError(RuntimeError):
+    """The writer no longer holds the run's lease (it was taken over, or it ended)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id}: this worker no longer holds its lease")
 
 
 class StorageNotMigratedError(RuntimeError):
@@ -239,6 +254,19 @@ class AppDB:
     @property
     def dialect(self) -> str:
         return self._b.dialect
+
+    def _notifying(self, sql: str, *channels: str, also: str = "") -> str:
+        """Postgres: run `sql` (a statement ending `RETURNING run_id, ...`) so that every row it
+        changes also sends a NOTIFY on each channel (an SQL expression) with the run id as
+        payload — delivered when the change commits, never before. `also`: more CTEs that may
+        read `changed`. SQLite: `sql` unchanged."""
+        if self.dialect != "postgres":
+            return sql
+        sends = ", ".join(
+            f"pg_notify({channel}, changed.run_id) AS _notify{i}"
+            for i, channel in enumerate(channels)
+        )
+        return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends} FROM changed"
 
     # --- schema ---------------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -513,11 +541,15 @@ class AppDB:
         kwargs: dict[str, Any],
         metadata: dict[str, Any],
         multitask_strategy: str,
+        events: Sequence[tuple[str, str]] = (),
+        thread_context: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Queue a run as `pending`; returns (run, active runs it found on the thread). With
         `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
         and the insert are one transaction holding the thread row (Postgres `FOR UPDATE`; SQLite
-        `BEGIN IMMEDIATE`), so two requests cannot both pass the check."""
+        `BEGIN IMMEDIATE`), so two requests cannot both pass the check. `events` (the run's first
+        stream events) and `thread_context` (saved for later runs) are written in the same
+        transaction, before any worker can see the run; Postgres wakes the workers at commit."""
         lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
         now = iso_us(utcnow())
         async with self._b.transaction() as tx:
@@ -531,10 +563,13 @@ class AppDB:
             )
             if active and multitask_strategy == "reject":
                 raise ThreadBusyError(thread_id)
-            await tx.execute(
-                "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status, kwargs,"
-                " metadata, multitask_strategy, started_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+            rows = await tx.fetchall(
+                self._notifying(
+                    "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status,"
+                    " kwargs, metadata, multitask_strategy, started_at, updated_at)"
+                    f" VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING {RUN_COLS}",
+                    f"'{QUEUE_CHANNEL}'",
+                ),
                 (
                     run_id,
                     thread_id,
@@ -548,7 +583,13 @@ class AppDB:
                     now,
                 ),
             )
-            rows = await tx.fetchall(f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (run_id,))
+            if events:
+                await tx.fetchall(*self._append_sql(run_id, events, None, now))
+            if thread_context is not None:
+                await tx.execute(
+                    "UPDATE threads SET context = ?, updated_at = ? WHERE thread_id = ?",
+                    (json.dumps(thread_context), now, thread_id),
+                )
         return _run_row(rows[0]), [_run_row(r) for r in active]
 
     async def claim_runs(
@@ -649,7 +690,9 @@ class AppDB:
 
     async def requeue_run(self, run_id: str, owner: str | None) -> bool:
         """Give a running run back to the queue (its lease expired, its process died, or a
-        shutdown released it); compare-and-set on the owner so only one sweeper wins."""
+        shutdown released it); compare-and-set on the owner so only one sweeper wins. Waits for
+        an event write of the old owner in flight (it share-locks the row), so the old owner's
+        events all precede the next attempt's."""
         sql = (
             "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
             " updated_at = ? WHERE run_id = ? AND status = 'running'"
@@ -660,7 +703,34 @@ class AppDB:
         else:
             sql += " AND lease_owner = ?"
             params.append(owner)
-        return await self._b.execute(sql, params) == 1
+        sql += " RETURNING run_id"
+        return len(await self._b.fetchall(self._notifying(sql, f"'{QUEUE_CHANNEL}'"), params)) == 1
+
+    async def mark_run_started(
+        self, run_id: str, thread_id: str, graph_id: str, before_checkpoint_id: str | None
+    ) -> None:
+        """A claimed run starts: its thread becomes `busy` and, unless None, the checkpoint the
+        thread was at before the run is recorded (rollback returns to it). One statement on
+        Postgres, one transaction on SQLite."""
+        now = iso_us(utcnow())
+        thread_sql = (
+            "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ? WHERE thread_id = ?"
+        )
+        thread_params = (graph_id, now, thread_id)
+        if before_checkpoint_id is None:
+            await self._b.execute(thread_sql, thread_params)
+            return
+        run_sql = "UPDATE runs SET before_checkpoint_id = ?, updated_at = ? WHERE run_id = ?"
+        run_params = (before_checkpoint_id, now, run_id)
+        if self.dialect == "postgres":
+            await self._b.execute(
+                f"WITH t AS ({thread_sql} RETURNING thread_id) {run_sql}",
+                (*thread_params, *run_params),
+            )
+            return
+        async with self._b.transaction() as tx:
+            await tx.execute(thread_sql, thread_params)
+            await tx.execute(run_sql, run_params)
 
     async def set_run_fields(self, run_id: str, **fields: Any) -> None:
         allowed = {"before_checkpoint_id", "provider", "cancel_action", "kwargs"}
@@ -675,19 +745,23 @@ class AppDB:
         )
 
     async def request_cancel(self, run_id: str, action: str) -> dict[str, Any] | None:
-        """Cancel a run: a pending one ends now (`interrupted`); a running one is flagged and its
-        worker stops it (it sees the flag on its next heartbeat, or at once in-process)."""
+        """Cancel a run; returns it afterwards (None when it does not exist). A pending one ends
+        now (`interrupted`); a running one is flagged and its worker stops it — at once when it
+        runs in this process or (Postgres) hears the cancel notification, else on its next
+        heartbeat."""
         now = iso_us(utcnow())
-        await self._b.execute(
-            "UPDATE runs SET status = 'interrupted', cancel_action = ?, ended_at = ?, updated_at = ?"
-            " WHERE run_id = ? AND status = 'pending'",
+        rows = await self._b.fetchall(
+            self._notifying(
+                "UPDATE runs SET cancel_action = ?, updated_at = ?,"
+                " ended_at = CASE WHEN status = 'pending' THEN ? ELSE ended_at END,"
+                " status = CASE WHEN status = 'pending' THEN 'interrupted' ELSE status END"
+                f" WHERE run_id = ? AND status IN ('pending', 'running') RETURNING {RUN_COLS}",
+                f"CASE WHEN changed.status = 'running' THEN '{CANCEL_CHANNEL}'"
+                f" ELSE '{RUN_CHANNEL}' END",
+            ),
             (action, now, now, run_id),
         )
-        await self._b.execute(
-            "UPDATE runs SET cancel_action = ?, updated_at = ? WHERE run_id = ? AND status = 'running'",
-            (action, now, run_id),
-        )
-        return await self.get_run(run_id)
+        return _run_row(rows[0]) if rows else await self.get_run(run_id)
 
     async def start_run(self, run_id: str, thread_id: str, provider: str) -> None:
         """A run without a lease (kept for callers outside the queue; the CLI uses leases)."""
@@ -706,8 +780,12 @@ class AppDB:
         error: str | None = None,
         *,
         owner: str | None = None,
+        thread_status: str | None = None,
     ) -> bool:
-        """Record the end of a run; with `owner`, only while that owner still holds it."""
+        """Record the end of a run; with `owner`, only while that owner still holds it. With
+        `thread_status`, the thread's status is set in the same statement (Postgres) or
+        transaction (SQLite), and only if the run was finished here. Postgres tells the run's
+        streams and the workers (the thread's next queued run may start) at commit."""
         now = iso_us(utcnow())
         sql = (
             "UPDATE runs SET status = ?, usage = ?, error = ?, ended_at = ?, updated_at = ?,"
@@ -717,7 +795,24 @@ class AppDB:
         if owner is not None:
             sql += " AND lease_owner = ? AND status = 'running'"
             params.append(owner)
-        return await self._b.execute(sql, params) == 1
+        sql += " RETURNING run_id, thread_id"
+        thread_sql = "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ?"
+        if self.dialect == "postgres":
+            also = ""
+            if thread_status is not None:
+                also = (
+                    ", thread AS (UPDATE threads SET status = ?, updated_at = ?"
+                    " WHERE thread_id IN (SELECT thread_id FROM changed))"
+                )
+                params += [thread_status, now]
+            notify = f"'{RUN_CHANNEL}'", f"'{QUEUE_CHANNEL}'"
+            rows = await self._b.fetchall(self._notifying(sql, *notify, also=also), params)
+            return len(rows) == 1
+        async with self._b.transaction() as tx:
+            rows = await tx.fetchall(sql, params)
+            if rows and thread_status is not None:
+                await tx.execute(thread_sql, (thread_status, now, rows[0]["thread_id"]))
+        return len(rows) == 1
 
     async def get_run(
         self, run_id: str, *, tenant: str | None = None, thread_id: str | None = None
@@ -759,22 +854,55 @@ class AppDB:
     async def delete_run(self, run_id: str) -> None:
         async with self._b.transaction() as tx:
             await tx.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
-            await tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            await tx.fetchall(
+                self._notifying(
+                    "DELETE FROM runs WHERE run_id = ? RETURNING run_id", f"'{RUN_CHANNEL}'"
+                ),
+                (run_id,),
+            )
 
     # --- run events (the persisted stream) ----------------------------------------------------
-    async def append_events(self, run_id: str, events: Sequence[tuple[str, str]]) -> list[int]:
-        """Append (event name, JSON text) pairs in order; returns their ids (monotonic)."""
+    async def append_events(
+        self, run_id: str, events: Sequence[tuple[str, str]], *, owner: str | None = None
+    ) -> list[int]:
+        """Append (event name, JSON text) pairs in order; returns their ids (monotonic), one
+        statement per `EVENTS_PER_STATEMENT` events; Postgres wakes the run's streams at commit.
+
+        With `owner`, only while that owner holds the run's lease (else `LeaseLostError`, nothing
+        written). On Postgres the run's row is share-locked by the insert, so a takeover (an
+        update of that row) waits for the write in flight: a run's events are committed in id
+        order even when its worker changes, and a per-run cursor never skips one. (Ids of
+        different runs may commit out of order; cursors are per run, so that is harmless.)"""
         now = iso_us(utcnow())
         ids: list[int] = []
-        async with self._b.transaction() as tx:
-            for name, data in events:
-                rows = await tx.fetchall(
-                    "INSERT INTO run_events (run_id, event, data, created_at) VALUES (?, ?, ?, ?)"
-                    " RETURNING id",
-                    (run_id, name, data, now),
-                )
-                ids.append(int(rows[0]["id"]))
+        for start in range(0, len(events), EVENTS_PER_STATEMENT):
+            chunk = events[start : start + EVENTS_PER_STATEMENT]
+            rows = await self._b.fetchall(*self._append_sql(run_id, chunk, owner, now))
+            if not rows and owner is not None:
+                raise LeaseLostError(run_id)
+            ids += sorted(int(r["id"]) for r in rows)
         return ids
+
+    def _append_sql(
+        self, run_id: str, events: Sequence[tuple[str, str]], owner: str | None, now: str
+    ) -> tuple[str, list[Any]]:
+        values = ", ".join("(?, ?, ?)" for _ in events)
+        params: list[Any] = [now]
+        if owner is None:
+            source = "(SELECT ? AS run_id) r"
+            params.append(run_id)
+        else:
+            lock = " FOR SHARE" if self.dialect == "postgres" else ""
+            source = f"(SELECT run_id FROM runs WHERE run_id = ? AND lease_owner = ?{lock}) r"
+            params += [run_id, owner]
+        for n, (name, data) in enumerate(events):
+            params += [name, data, n]
+        sql = (
+            "INSERT INTO run_events (run_id, event, data, created_at)"
+            f" SELECT r.run_id, v.column1, v.column2, ? FROM {source}, (VALUES {values}) AS v"
+            " ORDER BY v.column3 RETURNING id, run_id"
+        )
+        return self._notifying(sql, f"'{RUN_CHANNEL}'"), params
 
     async def events_after(
         self, run_id: str, after_id: int, limit: int = 500
@@ -817,7 +945,7 @@ def _thread_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
+    row = {k: v for k, v in row.items() if not k.startswith("_notify")}
     for key in ("kwargs", "metadata", "usage"):
         row[key] = _loads(row.get(key), {})
     return row

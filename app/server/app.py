@@ -1,6 +1,7 @@
 """`create_app()`: the FastAPI application (LangGraph Server API + chat endpoint) and its lifespan:
 open storage and the model, check auth against the bind address, load the graphs from
-langgraph.json, start the run executor (recovering runs left by a killed server), and on shutdown
+langgraph.json, start the run executor — in this process, or N supervised worker processes
+(`--workers`, `app.server.supervisor`) — recovering runs left by a killed server, and on shutdown
 stop taking runs and give active ones a grace period."""
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from fastapi.responses import JSONResponse
 from app.bootstrap import open_runner
 from app.errors import AppError
 from app.server.auth import InsecureBindError, startup_check
-from app.server.executor import Executor
 from app.server.registry import Registry
 from app.server.routes import assistants, chat, meta, runs, threads
 from app.server.routes.meta import app_version
 from app.server.security import install_security
 from app.server.services import Services
+from app.server.supervisor import WorkerPool
+from app.server.worker import open_executor
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("mkt.server")
@@ -31,8 +33,22 @@ def _say(line: str) -> None:
     print(f"mkt serve: {line}", flush=True)
 
 
-def create_app(settings: Settings | None = None, *, host: str = "127.0.0.1") -> FastAPI:
+def worker_count(settings: Settings, workers: int | None = None) -> int:
+    """Worker processes to start: `--workers`, else SERVE_WORKERS, else 1 on Postgres and 0 on
+    SQLite (runs in the server process: one SQLite writer at a time gains little from more
+    processes)."""
+    if workers is not None:
+        return workers
+    if settings.serve_workers is not None:
+        return settings.serve_workers
+    return 1 if settings.uses_postgres else 0
+
+
+def create_app(
+    settings: Settings | None = None, *, host: str = "127.0.0.1", workers: int | None = None
+) -> FastAPI:
     s = settings or get_settings()
+    n_workers = worker_count(s, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,25 +59,44 @@ def create_app(settings: Settings | None = None, *, host: str = "127.0.0.1") -> 
             except InsecureBindError as exc:
                 _say(f"refusing to start: {exc}")
                 raise
-            await asyncio.to_thread(runner.factory.ensure_ready)
+            if not n_workers:  # the model runs here
+                await asyncio.to_thread(runner.factory.ensure_ready)
             registry = Registry.load(runner.storage.checkpointer, s.langgraph_config)
-            executor = Executor(runner, registry, s)
-            recovered = await executor.start()
-            app.state.services = Services(runner, registry, executor, s)
-            _say(f"model {runner.factory.info().describe()} · storage {runner.storage.description}")
-            _say(f"graphs {', '.join(sorted(registry.graphs))}")
-            if recovered:
-                _say(f"resuming {recovered} run(s) left by a stopped server")
-            try:
-                yield
-            finally:
-                app.state.services = None
-                stats = await executor.stop(s.shutdown_grace_s)
-                if stats["released"]:
-                    _say(
-                        f"stopped: {stats['released']} run(s) released to resume from their "
-                        "last checkpoint on the next start"
-                    )
+            async with open_executor(runner, registry, s, execute=not n_workers) as executor:
+                pool = (
+                    WorkerPool(n_workers, grace_s=s.shutdown_grace_s, say=_say)
+                    if n_workers
+                    else None
+                )
+                if pool is not None:
+                    await pool.start()
+                app.state.services = Services(runner, registry, executor, s)
+                app.state.workers = pool
+                _say(
+                    f"model {runner.factory.info().describe()} · storage {runner.storage.description}"
+                )
+                _say(f"graphs {', '.join(sorted(registry.graphs))}")
+                _say(
+                    f"runs execute in {n_workers} worker process(es), pids "
+                    f"{', '.join(map(str, pool.pids))}"
+                    if pool is not None
+                    else "runs execute in this process"
+                )
+                if executor.recovered:
+                    _say(f"resuming {executor.recovered} run(s) left by a stopped server")
+                try:
+                    yield
+                finally:
+                    app.state.services = None
+                    executor.accepting = False
+                    if pool is not None:
+                        await pool.stop()
+                    stats = await executor.stop(s.shutdown_grace_s)
+                    if stats["released"]:
+                        _say(
+                            f"stopped: {stats['released']} run(s) released to resume from their "
+                            "last checkpoint on the next start"
+                        )
 
     app = FastAPI(
         title="mkt agents server",

@@ -37,14 +37,7 @@ def stream_run(
         metrics.stream_opened()
         complete = False
         try:
-            async for ev in follow(
-                svc.db,
-                svc.executor.signals,
-                run_id,
-                after=after,
-                modes=modes,
-                poll_s=svc.settings.run_poll_interval_s,
-            ):
+            async for ev in follow(svc.db, svc.executor.signals, run_id, after=after, modes=modes):
                 yield ServerSentEvent(data=ev.data, event=ev.event, id=str(ev.id))
             complete = True
         finally:
