@@ -912,6 +912,22 @@ class AppDB:
             (run_id, after_id, limit),
         )
 
+    async def events_and_status(
+        self, run_id: str, after_id: int, limit: int = 500
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` events after `after_id` and the run's status (None: no such run), read
+        in one statement, so from one snapshot: when the status is final, every event the run
+        will ever have is in this read or the next page."""
+        rows = await self._b.fetchall(
+            "SELECT 0 AS part, e.id, e.event, e.data FROM (SELECT id, event, data FROM run_events"
+            " WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?) AS e"
+            " UNION ALL SELECT 1, 0, status, '' FROM runs WHERE run_id = ?"
+            " ORDER BY part, id",
+            (run_id, after_id, limit, run_id),
+        )
+        status = str(rows.pop()["event"]) if rows and rows[-1]["part"] == 1 else None
+        return rows, status
+
     async def prune_events(self, older_than: datetime) -> int:
         """Delete the event logs of runs that ended before `older_than`."""
         return await self._b.execute(

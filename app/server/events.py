@@ -180,28 +180,22 @@ async def follow(
     modes: set[str] | None = None,
 ) -> AsyncIterator[StoredEvent]:
     """Stored events of `run_id` with id > `after`, then live ones until the run ends (or is
-    deleted). After a read it waits to be woken (or the poll interval) before reading again; the
-    run's status is read only when a wake-up found no new events. Once the status is final every
-    event was already stored (the worker stores them before it changes the status), so one more
-    read after it completes the stream."""
+    deleted). Each read returns the new events and the run's status from one snapshot (one query
+    per wake-up); after it the reader waits to be woken (or the poll interval). A final status
+    means every event was already stored (the worker stores them before it changes the status),
+    so the stream is complete once that read's events are sent."""
     cursor = after
     with signals.watch(run_id) as watch:
         while True:
             seen = watch.version
-            rows = await db.events_after(run_id, cursor, limit=PAGE)
-            final = False
-            if not rows:
-                run = await db.get_run(run_id)
-                final = run is None or run["status"] not in ACTIVE
-                if final:
-                    rows = await db.events_after(run_id, cursor, limit=PAGE)
+            rows, status = await db.events_and_status(run_id, cursor, limit=PAGE)
             for row in rows:
                 cursor = int(row["id"])
                 if wanted(row["event"], modes):
                     yield StoredEvent(cursor, row["event"], row["data"])
             if len(rows) == PAGE:
                 continue  # more are stored: read on
-            if final:
+            if status not in ACTIVE:
                 return
             await watch.wait_past(seen)
 

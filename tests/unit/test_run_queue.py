@@ -180,6 +180,10 @@ async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> No
     assert seen == first + more
     assert await asyncio.wait_for(late, 5) == first[1:] + more
     assert [ev.id async for ev in follow(db, signals, "r", after=more[-1])] == []
+    # joining a finished run ends after its stored events, without waiting for a wake-up
+    patient = RunSignals(poll_s=30.0)
+    tail = [ev.id async for ev in follow(db, patient, "r", after=more[-2])]
+    assert tail == more[-1:]
     assert parse_last_event_id(" 12 ") == 12 and parse_last_event_id("abc") == 0
 
 
