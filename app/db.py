@@ -255,18 +255,18 @@ class AppDB:
     def dialect(self) -> str:
         return self._b.dialect
 
-    def _notifying(self, sql: str, *channels: str, also: str = "") -> str:
+    def _notifying(self, sql: str, *channels: str, also: str = "", columns: str = "") -> str:
         """Postgres: run `sql` (a statement ending `RETURNING run_id, ...`) so that every row it
         changes also sends a NOTIFY on each channel (an SQL expression) with the run id as
         payload — delivered when the change commits, never before. `also`: more CTEs that may
-        read `changed`. SQLite: `sql` unchanged."""
+        read `changed`; `columns`: more output columns. SQLite: `sql` unchanged."""
         if self.dialect != "postgres":
             return sql
         sends = ", ".join(
             f"pg_notify({channel}, changed.run_id) AS _notify{i}"
             for i, channel in enumerate(channels)
         )
-        return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends} FROM changed"
+        return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends}{columns} FROM changed"
 
     # --- schema ---------------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -425,18 +425,17 @@ class AppDB:
         """Insert a thread; returns (row, created). An existing id is never taken over: a row of
         another tenant is reported as not created and not returned (the caller answers 409)."""
         now = iso_us(utcnow())
-        created = (
-            await self._b.execute(
-                "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at,"
-                " tenant, metadata, graph_id) VALUES (?, '', ?, '{}', ?, ?, ?, ?, ?)"
-                " ON CONFLICT (thread_id) DO NOTHING",
-                (thread_id, status, now, now, tenant, json.dumps(metadata), graph_id),
-            )
-            == 1
+        rows = await self._b.fetchall(
+            "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at,"
+            " tenant, metadata, graph_id) VALUES (?, '', ?, '{}', ?, ?, ?, ?, ?)"
+            " ON CONFLICT (thread_id) DO NOTHING RETURNING *",
+            (thread_id, status, now, now, tenant, json.dumps(metadata), graph_id),
         )
+        if rows:
+            return _thread_row(rows[0]), True
         row = await self.get_thread(thread_id)
         assert row is not None
-        return row, created
+        return row, False
 
     async def get_thread(self, thread_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """One thread; with `tenant`, only when it belongs to that tenant."""
@@ -548,10 +547,27 @@ class AppDB:
         `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
         and the insert are one transaction holding the thread row (Postgres `FOR UPDATE`; SQLite
         `BEGIN IMMEDIATE`), so two requests cannot both pass the check. `events` (the run's first
-        stream events) and `thread_context` (saved for later runs) are written in the same
-        transaction, before any worker can see the run; Postgres wakes the workers at commit."""
+        stream events; their ids are returned as the run's `event_ids`) and `thread_context`
+        (saved for later runs) are written in the same transaction, before any worker can see
+        the run; Postgres wakes the workers at commit. `enqueue` on Postgres needs no check: one
+        statement, and no active runs are returned."""
         lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
         now = iso_us(utcnow())
+        if multitask_strategy == "enqueue" and self.dialect == "postgres":
+            # nothing to check and no active run to act on: one statement, no transaction
+            run = await self._enqueue_statement(
+                run_id,
+                thread_id,
+                tenant,
+                assistant_id,
+                graph_id,
+                kwargs,
+                metadata,
+                now,
+                events,
+                thread_context,
+            )
+            return run, []
         async with self._b.transaction() as tx:
             await tx.fetchall(
                 f"SELECT thread_id FROM threads WHERE thread_id = ?{lock}", (thread_id,)
@@ -583,14 +599,77 @@ class AppDB:
                     now,
                 ),
             )
+            event_ids = []
             if events:
-                await tx.fetchall(*self._append_sql(run_id, events, None, now))
+                added = await tx.fetchall(*self._append_sql(run_id, events, None, now))
+                event_ids = sorted(int(r["id"]) for r in added)
             if thread_context is not None:
                 await tx.execute(
                     "UPDATE threads SET context = ?, updated_at = ? WHERE thread_id = ?",
                     (json.dumps(thread_context), now, thread_id),
                 )
-        return _run_row(rows[0]), [_run_row(r) for r in active]
+        return {**_run_row(rows[0]), "event_ids": event_ids}, [_run_row(r) for r in active]
+
+    async def _enqueue_statement(
+        self,
+        run_id: str,
+        thread_id: str,
+        tenant: str,
+        assistant_id: str,
+        graph_id: str,
+        kwargs: dict[str, Any],
+        metadata: dict[str, Any],
+        now: str,
+        events: Sequence[tuple[str, str]],
+        thread_context: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Postgres, `enqueue`: the run, its first events and the thread's context in one
+        statement (atomic; the workers are woken at commit)."""
+        params: list[Any] = [
+            run_id,
+            thread_id,
+            tenant,
+            assistant_id,
+            graph_id,
+            json.dumps(kwargs),
+            json.dumps(metadata),
+            now,
+            now,
+        ]
+        also = ""
+        if events:
+            values = ", ".join("(?, ?, ?)" for _ in events)
+            also += (
+                ", first_events AS (INSERT INTO run_events (run_id, event, data, created_at)"
+                f" SELECT changed.run_id, v.column1, v.column2, ? FROM changed, (VALUES {values})"
+                " AS v ORDER BY v.column3 RETURNING id)"
+            )
+            params.append(now)
+            for n, (name, data) in enumerate(events):
+                params += [name, data, n]
+        if thread_context is not None:
+            also += (
+                ", saved_context AS (UPDATE threads SET context = ?, updated_at = ?"
+                " WHERE thread_id = ?)"
+            )
+            params += [json.dumps(thread_context), now, thread_id]
+        rows = await self._b.fetchall(
+            self._notifying(
+                "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status,"
+                " kwargs, metadata, multitask_strategy, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, 'enqueue', ?, ?)"
+                f" RETURNING {RUN_COLS}",
+                f"'{QUEUE_CHANNEL}'",
+                also=also,
+                columns=", (SELECT array_agg(id ORDER BY id) FROM first_events) AS event_ids"
+                if events
+                else "",
+            ),
+            params,
+        )
+        run = _run_row(rows[0])
+        run["event_ids"] = [int(i) for i in run.get("event_ids") or []]
+        return run
 
     async def claim_runs(
         self, owner: str, lease_until: datetime, limit: int
@@ -600,6 +679,26 @@ class AppDB:
         index `runs_one_running` makes a lost race a unique violation, which is skipped."""
         if limit <= 0:
             return []
+        if self.dialect == "postgres":
+            # one statement; SKIP LOCKED: workers claiming at once take different runs
+            try:
+                rows = await self._b.fetchall(
+                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+                    " attempt = attempt + 1, updated_at = ? WHERE status = 'pending' AND run_id IN"
+                    " (SELECT run_id FROM runs r WHERE status = 'pending'"
+                    " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
+                    "   AND x.status = 'running')"
+                    " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
+                    "   AND y.status = 'pending' AND y.started_at < r.started_at)"
+                    " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {RUN_COLS}",
+                    (owner, iso_us(lease_until), iso_us(utcnow()), limit),
+                )
+                return [_run_row(r) for r in rows]
+            except Exception as exc:
+                if not is_unique_violation(exc):
+                    raise
+                # a run started outside the queue (the CLI) took a thread: one run at a time
         candidates = await self._b.fetchall(
             "SELECT run_id FROM runs r WHERE status = 'pending'"
             " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"

@@ -9,7 +9,7 @@
   worker that cannot start with its output, stops its workers with SIGTERM.
 
 The Postgres side (LISTEN/NOTIFY, cross-process streams, kill -9 of a worker) is covered by
-`tests/integration/test_notify.py` and `test_server_workers.py`."""
+`tests/integration/test_queue_postgres.py` and `test_server_workers.py`."""
 
 from __future__ import annotations
 

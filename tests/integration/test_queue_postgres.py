@@ -1,9 +1,12 @@
-"""Postgres notifications and the event log's ordering guarantee with several writers:
+"""The run queue on Postgres: notifications, one-statement enqueue and claim, and the event log's
+ordering guarantee with several writers:
 
 - every change a reader or worker waits for is announced by LISTEN/NOTIFY (payload = run id),
   from the statement that makes it, and the listener fans it out in this process;
 - the listener survives losing its connection: readers poll meanwhile, and on reconnect every
   watcher re-reads;
+- `enqueue` is one statement (run, first events, saved context); concurrent claims by several
+  workers (one statement, `SKIP LOCKED`) never run a thread twice and take each run once;
 - ids are BIGSERIAL, so writes of different runs commit out of id order; cursors are per run, so
   a live reader still misses nothing; and one run's events stay in commit order across a
   takeover, because the takeover waits for the old owner's write in flight."""
@@ -183,3 +186,37 @@ async def test_a_takeover_waits_for_the_old_owners_write_so_one_runs_events_stay
     signals.bump("r")
     live = await asyncio.wait_for(reader, 5)
     assert live == [old_id, new_id] == [e["id"] for e in await db.events_after("r", 0)]
+
+
+async def test_enqueue_is_one_statement_and_concurrent_claims_take_each_thread_once(
+    pg: tuple[AppDB, Any],
+) -> None:
+    db, _ = pg
+    for t in range(3):
+        await db.create_thread(f"t{t}", tenant="default", metadata={}, graph_id="supervisor")
+        for r in range(3):
+            run, active = await db.enqueue_run(
+                run_id=f"t{t}-r{r}",
+                thread_id=f"t{t}",
+                tenant="default",
+                assistant_id="supervisor",
+                graph_id="supervisor",
+                kwargs={},
+                metadata={},
+                multitask_strategy="enqueue",
+                events=[("metadata", f'{{"run":{r}}}'), ("values", "{}")],
+                thread_context={"brand_name": f"B{r}"},
+            )
+            assert active == []  # enqueue looks at no other run
+            stored = await db.events_after(run["run_id"], 0)
+            assert run["event_ids"] == [e["id"] for e in stored]
+            assert [e["event"] for e in stored] == ["metadata", "values"]
+    assert (await db.get_thread("t1") or {})["context"] == {"brand_name": "B2"}
+    claims = await asyncio.gather(*(db.claim_runs(f"w{n}", lease_until(30), 5) for n in range(6)))
+    claimed = [r["run_id"] for c in claims for r in c]
+    assert sorted(claimed) == ["t0-r0", "t1-r0", "t2-r0"]  # the oldest of each thread, once
+    assert await db.claim_runs("w9", lease_until(30), 5) == []  # each thread has a running run
+    owner = {r["run_id"]: r["lease_owner"] for c in claims for r in c}["t0-r0"]
+    assert await db.finish_run("t0-r0", "success", {}, owner=owner)
+    (nxt,) = await db.claim_runs("w9", lease_until(30), 5)
+    assert nxt["run_id"] == "t0-r1"
