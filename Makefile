@@ -43,8 +43,10 @@ typecheck: install
 bench: install
 	$(BIN)/python -m bench.run
 
+# the server benchmark (Postgres; ~20 min on 2 busy cores): BENCH_SERVER_ARGS="--help" for options
+BENCH_SERVER_ARGS ?= --workers 0,1,2
 bench-server: install
-	$(BIN)/python -m bench.server
+	$(BIN)/python -m bench.server $(BENCH_SERVER_ARGS)
 
 studio: install
 	$(BIN)/langgraph dev --no-browser

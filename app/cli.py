@@ -490,8 +490,8 @@ def serve(
             min=0,
             max=64,
             help="Worker processes that execute runs, started and restarted by the server "
-            "(0: runs execute in the server process). Default: SERVE_WORKERS, else 1 on "
-            "Postgres and 0 on SQLite.",
+            "(0: runs execute in the server process). Default: SERVE_WORKERS, else on Postgres "
+            "one per CPU but one (1 to 4), on SQLite 0.",
         ),
     ] = None,
 ) -> None:

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Worker processes `mkt serve` starts and supervises (0: runs execute in the "
-        "server process). Unset: 1 on Postgres, 0 on SQLite.",
+        "server process). Unset: on Postgres one per CPU but one (1 to 4), on SQLite 0.",
     )
     notify_fallback_poll_s: float = Field(
         5.0,

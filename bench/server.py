@@ -4,7 +4,9 @@ driven by the official `langgraph-sdk` client, measured in the same run of this 
 For each concurrency level (default 1, 10, 50, 100 concurrent SDK streams) every stream runs the
 same research + blog request (no approval, so one stream = one full run) a few times and records:
 
-- time to first event (the `metadata` event) and to the first graph event (`updates`),
+- time to first event (the `metadata` event) and to the first graph event (`updates`); TTFE is
+  also reported for rounds 2+ alone: round 1 starts every stream at the same instant (a burst of
+  N simultaneous run creations), later rounds start as earlier runs end,
 - full run latency (request to the end of the stream),
 - runs/s over the level's wall time, and errors.
 
@@ -243,6 +245,7 @@ def sdk_client(url: str, connections: int) -> Any:
 class Level:
     streams: int
     ttfe_ms: list[float] = field(default_factory=list)
+    ttfe_later_ms: list[float] = field(default_factory=list)  # rounds 2+: no simultaneous burst
     first_update_ms: list[float] = field(default_factory=list)
     run_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -261,12 +264,14 @@ class Level:
             "wall_s": round(self.wall_s, 3),
             "runs_per_s": round(self.runs_per_s, 2),
             "ttfe_ms": summary(self.ttfe_ms),
+            "ttfe_after_first_round_ms": summary(self.ttfe_later_ms),
+            "ttfe_samples": [round(v, 2) for v in self.ttfe_ms],
             "first_update_ms": summary(self.first_update_ms),
             "run_ms": summary(self.run_ms),
         }
 
 
-async def one_run(client: Any, level: Level) -> None:
+async def one_run(client: Any, level: Level, round_no: int = 0) -> None:
     """One streamed run on a new thread; samples go to `level`."""
     thread = await client.threads.create()
     t0 = time.perf_counter()
@@ -290,6 +295,8 @@ async def one_run(client: Any, level: Level) -> None:
         level.errors.append(failed or "empty stream")
         return
     level.ttfe_ms.append((first - t0) * 1000)
+    if round_no > 0:
+        level.ttfe_later_ms.append((first - t0) * 1000)
     if first_update is not None:
         level.first_update_ms.append((first_update - t0) * 1000)
     level.run_ms.append((end - t0) * 1000)
@@ -300,9 +307,9 @@ async def measure_level(url: str, streams: int, rounds: int) -> Level:
     client = sdk_client(url, connections=streams + 10)
 
     async def worker() -> None:
-        for _ in range(rounds):
+        for round_no in range(rounds):
             try:
-                await one_run(client, level)
+                await one_run(client, level, round_no)
             except (httpx.HTTPError, OSError) as exc:  # the SDK raises httpx errors
                 level.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
@@ -562,6 +569,7 @@ def print_report(results: Results, console: Console) -> None:
         "runs/s",
         "TTFE p50",
         "TTFE p95",
+        "TTFE p95 rounds 2+",
         "1st update p95",
         "run p50",
         "run p95",
@@ -578,6 +586,7 @@ def print_report(results: Results, console: Console) -> None:
             "",
             "",
             "",
+            "",
             _f(base),
             _f(percentile(results.in_process_ms, 95)),
             "1.00×",
@@ -585,7 +594,7 @@ def print_report(results: Results, console: Console) -> None:
     for name, levels in results.levels.items():
         for lv in levels:
             if not lv.run_ms:
-                table.add_row(name, str(lv.streams), "0", str(len(lv.errors)), *[""] * 7)
+                table.add_row(name, str(lv.streams), "0", str(len(lv.errors)), *[""] * 8)
                 continue
             table.add_row(
                 name,
@@ -595,6 +604,7 @@ def print_report(results: Results, console: Console) -> None:
                 f"{lv.runs_per_s:.1f}",
                 _f(percentile(lv.ttfe_ms, 50)),
                 _f(percentile(lv.ttfe_ms, 95)),
+                _f(percentile(lv.ttfe_later_ms, 95)) if lv.ttfe_later_ms else "",
                 _f(percentile(lv.first_update_ms, 95)) if lv.first_update_ms else "",
                 _f(percentile(lv.run_ms, 50)),
                 _f(percentile(lv.run_ms, 95)),

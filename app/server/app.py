@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,15 +34,28 @@ def _say(line: str) -> None:
     print(f"mkt serve: {line}", flush=True)
 
 
-def worker_count(settings: Settings, workers: int | None = None) -> int:
-    """Worker processes to start: `--workers`, else SERVE_WORKERS, else 1 on Postgres and 0 on
-    SQLite (runs in the server process: one SQLite writer at a time gains little from more
-    processes)."""
+MAX_DEFAULT_WORKERS = 4  # 5 processes x (pool + listener) stay well under Postgres' 100 connections
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(settings: Settings, workers: int | None = None, cpus: int | None = None) -> int:
+    """Worker processes to start: `--workers`, else SERVE_WORKERS, else on Postgres one per CPU
+    but one (left to this process and the database; at least 1, at most 4: bench/README.md has
+    the measurements), and 0 on SQLite (runs execute in this process: one SQLite writer at a time
+    gains little from more processes)."""
     if workers is not None:
         return workers
     if settings.serve_workers is not None:
         return settings.serve_workers
-    return 1 if settings.uses_postgres else 0
+    if not settings.uses_postgres:
+        return 0
+    return max(1, min(MAX_DEFAULT_WORKERS, (cpus or available_cpus()) - 1))
 
 
 def create_app(

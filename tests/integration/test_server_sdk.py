@@ -3,7 +3,7 @@ PostgreSQL, with the scripted model: assistants, threads, streamed runs with sub
 and tokens, the approval interrupt and its resume, state and history, join after a dropped
 connection (no gap, no duplicate), cancel, double texting, and `kill -9` of the server mid-run.
 
-One server serves the module (on Postgres its runs execute in one worker process, the default);
+One server serves the module (on Postgres its runs execute in worker processes, the default);
 the kill test starts its own, with runs in the server process (`--workers 0`), and kills that
 (`test_server_workers.py` kills a worker under a living server)."""
 
@@ -46,7 +46,7 @@ def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with fresh_database(pg_admin_dsn) as dsn:
         env = _env(dsn, tmp / "data")
         migrate(env)
-        srv = start_server(env, tmp / "server.log")  # Postgres: runs execute in 1 worker
+        srv = start_server(env, tmp / "server.log")  # Postgres: runs execute in worker processes
         try:
             yield srv
         except BaseException:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, AppDB, open_sqlite_db
 from app.server.events import RunSignals
@@ -263,3 +264,15 @@ async def test_a_worker_that_cannot_start_fails_the_start_with_its_output() -> N
     with pytest.raises(WorkerStartError, match=r"exited with code 2:\nerror: run `mkt db migrate`"):
         await pool.start()
     assert pool.pids == []
+
+
+def test_worker_processes_default_to_one_per_cpu_but_one_on_postgres_and_none_on_sqlite(
+    settings: Settings,
+) -> None:
+    from app.server.app import worker_count
+
+    postgres = settings.model_copy(update={"database_url": SecretStr("postgresql://db/x")})
+    assert worker_count(settings, cpus=8) == 0  # SQLite: runs execute in the server process
+    assert [worker_count(postgres, cpus=n) for n in (1, 2, 3, 8, 64)] == [1, 1, 2, 4, 4]
+    assert worker_count(postgres.model_copy(update={"serve_workers": 3})) == 3  # SERVE_WORKERS
+    assert worker_count(postgres.model_copy(update={"serve_workers": 3}), 0) == 0  # --workers
