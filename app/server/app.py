@@ -23,7 +23,7 @@ from app.server.routes import assistants, chat, meta, runs, threads
 from app.server.routes.meta import app_version
 from app.server.security import install_security
 from app.server.services import Services
-from app.server.supervisor import WorkerPool
+from app.server.supervisor import WorkerPool, WorkerStartError
 from app.server.worker import open_executor
 from app.settings import Settings, get_settings
 
@@ -83,7 +83,11 @@ def create_app(
                     else None
                 )
                 if pool is not None:
-                    await pool.start()
+                    try:
+                        await pool.start()
+                    except WorkerStartError as exc:
+                        _say(f"refusing to start: {exc}")
+                        raise
                 app.state.services = Services(runner, registry, executor, s)
                 app.state.workers = pool
                 _say(

@@ -188,3 +188,20 @@ async def test_kill_9_of_the_worker_mid_run_it_is_restarted_and_the_run_complete
     assert "Finished server process" in server.log()
     assert not alive(third_worker)  # a graceful stop takes the workers with it
     assert f"mkt worker[{third_worker}]: stopped" in server.log()
+
+
+async def test_workers_of_a_killed_server_stop_by_themselves(pg_dsn: str, tmp_path: Path) -> None:
+    env = server_env(pg_dsn, tmp_path / "data")
+    migrate(env)
+    server = start_server(env, tmp_path / "server.log", workers=1)
+    try:
+        (worker,) = server.workers()
+        os.kill(server.proc.pid, signal.SIGKILL)  # the server only: workers have own sessions
+        server.proc.wait(10)
+        for _ in range(150):
+            if not alive(worker):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(worker), "an orphaned worker kept running"
+    finally:
+        stop_server(server)
