@@ -78,7 +78,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often a server looks for runs whose lease expired."
     )
     run_poll_interval_s: float = Field(
-        0.5, gt=0, description="How often a worker polls the queue for runs created elsewhere."
+        0.5,
+        gt=0,
+        description="Without notifications (SQLite, or the Postgres listener reconnecting): how "
+        "often workers poll the queue and streams poll for other processes' events.",
     )
     worker_concurrency: int = Field(
         8, ge=1, description="Runs one executing process (server or worker) runs at once."
