@@ -786,17 +786,27 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 2024,
     provider: ProviderOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Worker processes that execute runs, started and restarted by the server "
+            "(0: runs execute in the server process). Default: SERVE_WORKERS, else on Postgres "
+            "one per CPU but one (1 to 4), on SQLite 0.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the agents over HTTP: the LangGraph Server API (use `langgraph-sdk` or LangGraph
     Studio) and a plain SSE chat endpoint. Graphs come from langgraph.json.
 
     Examples:\n
       mkt serve                      # http://127.0.0.1:2024, docs at /docs\n
-      DATABASE_URL=postgresql://... mkt db migrate && mkt serve --port 8123
+      DATABASE_URL=postgresql://... mkt db migrate && mkt serve --port 8123 --workers 2
     """
     import uvicorn
 
-    from app.server.app import create_app
+    from app.server.app import EmbeddedStoreError, check_workers_and_store, create_app, worker_count
     from app.server.auth import InsecureBindError, startup_check
     from app.storage import open_storage
 
@@ -807,16 +817,46 @@ def serve(
             return await startup_check(storage.db, host)
 
     try:
+        check_workers_and_store(settings, worker_count(settings, workers))
         _run(preflight())  # refuse early, with exit code 2, what the server would refuse
-    except InsecureBindError as exc:
+    except (InsecureBindError, EmbeddedStoreError) as exc:
         _fail(str(exc))
     uvicorn.run(
-        create_app(settings, host=host),
+        create_app(settings, host=host, workers=workers),
         host=host,
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+
+
+@app.command()
+def worker(
+    provider: ProviderOpt = None,
+    parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Execute queued runs without serving HTTP: claim runs from the database queue, run them
+    with heartbeats, take over runs of stopped workers, and on SIGTERM finish or release the
+    active ones. `mkt serve --workers N` starts these itself; start more on other machines
+    against the same Postgres database to scale out (WORKER_CONCURRENCY runs each).
+
+    Example:\n
+      DATABASE_URL=postgresql://... mkt worker
+    """
+    import psycopg
+    import psycopg_pool
+
+    from app.server.registry import GraphConfigError
+    from app.server.worker import run_worker
+
+    settings = apply_provider_override(provider)
+    try:
+        code = _run(run_worker(settings, parent_pid=parent_pid))
+    except GraphConfigError as exc:
+        _fail(str(exc))
+    except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        _fail(f"cannot reach the database ({exc}): check DATABASE_URL and that it is running")
+    raise typer.Exit(code or 0)
 
 
 @db_app.command("migrate")

@@ -124,6 +124,14 @@ RUN_COLS = (
 )
 ACTIVE = ("pending", "running")
 
+# Postgres NOTIFY channels; the payload is a run id. Each is sent by the statement that makes the
+# change it announces, so it is delivered only once that change is committed (`app.server.notify`
+# listens; SQLite has no notifications and other processes poll).
+RUN_CHANNEL = "mkt_run"  # a run has new events or a final status: wake its streams and waiters
+CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker stops it now
+QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
+EVENTS_PER_STATEMENT = 500
+
 _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
@@ -134,6 +142,13 @@ _KEY_COLS = "key_id, key_hash, name, role, tenant, created_at, last_used_at, rev
 
 class ThreadBusyError(RuntimeError):
     """The thread already has an active run (and the caller asked not to queue)."""
+
+
+class LeaseLostError(RuntimeError):
+    """The writer no longer holds the run's lease (it was taken over, or it ended)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id}: this worker no longer holds its lease")
 
 
 class StorageNotMigratedError(RuntimeError):
@@ -252,6 +267,19 @@ class AppDB:
     @property
     def dialect(self) -> str:
         return self._b.dialect
+
+    def _notifying(self, sql: str, *channels: str, also: str = "", columns: str = "") -> str:
+        """Postgres: run `sql` (a statement ending `RETURNING run_id, ...`) so that every row it
+        changes also sends a NOTIFY on each channel (an SQL expression) with the run id as
+        payload — delivered when the change commits, never before. `also`: more CTEs that may
+        read `changed`; `columns`: more output columns. SQLite: `sql` unchanged."""
+        if self.dialect != "postgres":
+            return sql
+        sends = ", ".join(
+            f"pg_notify({channel}, changed.run_id) AS _notify{i}"
+            for i, channel in enumerate(channels)
+        )
+        return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends}{columns} FROM changed"
 
     # --- schema ---------------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -410,18 +438,17 @@ class AppDB:
         """Insert a thread; returns (row, created). An existing id is never taken over: a row of
         another tenant is reported as not created and not returned (the caller answers 409)."""
         now = iso_us(utcnow())
-        created = (
-            await self._b.execute(
-                "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at,"
-                " tenant, metadata, graph_id) VALUES (?, '', ?, '{}', ?, ?, ?, ?, ?)"
-                " ON CONFLICT (thread_id) DO NOTHING",
-                (thread_id, status, now, now, tenant, json.dumps(metadata), graph_id),
-            )
-            == 1
+        rows = await self._b.fetchall(
+            "INSERT INTO threads (thread_id, title, status, context, created_at, updated_at,"
+            " tenant, metadata, graph_id) VALUES (?, '', ?, '{}', ?, ?, ?, ?, ?)"
+            " ON CONFLICT (thread_id) DO NOTHING RETURNING *",
+            (thread_id, status, now, now, tenant, json.dumps(metadata), graph_id),
         )
+        if rows:
+            return _thread_row(rows[0]), True
         row = await self.get_thread(thread_id)
         assert row is not None
-        return row, created
+        return row, False
 
     async def get_thread(self, thread_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """One thread; with `tenant`, only when it belongs to that tenant."""
@@ -526,13 +553,34 @@ class AppDB:
         kwargs: dict[str, Any],
         metadata: dict[str, Any],
         multitask_strategy: str,
+        events: Sequence[tuple[str, str]] = (),
+        thread_context: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Queue a run as `pending`; returns (run, active runs it found on the thread). With
         `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
         and the insert are one transaction holding the thread row (Postgres `FOR UPDATE`; SQLite
-        `BEGIN IMMEDIATE`), so two requests cannot both pass the check."""
+        `BEGIN IMMEDIATE`), so two requests cannot both pass the check. `events` (the run's first
+        stream events; their ids are returned as the run's `event_ids`) and `thread_context`
+        (saved for later runs) are written in the same transaction, before any worker can see
+        the run; Postgres wakes the workers at commit. `enqueue` on Postgres needs no check: one
+        statement, and no active runs are returned."""
         lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
         now = iso_us(utcnow())
+        if multitask_strategy == "enqueue" and self.dialect == "postgres":
+            # nothing to check and no active run to act on: one statement, no transaction
+            run = await self._enqueue_statement(
+                run_id,
+                thread_id,
+                tenant,
+                assistant_id,
+                graph_id,
+                kwargs,
+                metadata,
+                now,
+                events,
+                thread_context,
+            )
+            return run, []
         async with self._b.transaction() as tx:
             await tx.fetchall(
                 f"SELECT thread_id FROM threads WHERE thread_id = ?{lock}", (thread_id,)
@@ -544,10 +592,13 @@ class AppDB:
             )
             if active and multitask_strategy == "reject":
                 raise ThreadBusyError(thread_id)
-            await tx.execute(
-                "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status, kwargs,"
-                " metadata, multitask_strategy, started_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+            rows = await tx.fetchall(
+                self._notifying(
+                    "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status,"
+                    " kwargs, metadata, multitask_strategy, started_at, updated_at)"
+                    f" VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING {RUN_COLS}",
+                    f"'{QUEUE_CHANNEL}'",
+                ),
                 (
                     run_id,
                     thread_id,
@@ -561,8 +612,77 @@ class AppDB:
                     now,
                 ),
             )
-            rows = await tx.fetchall(f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (run_id,))
-        return _run_row(rows[0]), [_run_row(r) for r in active]
+            event_ids = []
+            if events:
+                added = await tx.fetchall(*self._append_sql(run_id, events, None, now))
+                event_ids = sorted(int(r["id"]) for r in added)
+            if thread_context is not None:
+                await tx.execute(
+                    "UPDATE threads SET context = ?, updated_at = ? WHERE thread_id = ?",
+                    (json.dumps(thread_context), now, thread_id),
+                )
+        return {**_run_row(rows[0]), "event_ids": event_ids}, [_run_row(r) for r in active]
+
+    async def _enqueue_statement(
+        self,
+        run_id: str,
+        thread_id: str,
+        tenant: str,
+        assistant_id: str,
+        graph_id: str,
+        kwargs: dict[str, Any],
+        metadata: dict[str, Any],
+        now: str,
+        events: Sequence[tuple[str, str]],
+        thread_context: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Postgres, `enqueue`: the run, its first events and the thread's context in one
+        statement (atomic; the workers are woken at commit)."""
+        params: list[Any] = [
+            run_id,
+            thread_id,
+            tenant,
+            assistant_id,
+            graph_id,
+            json.dumps(kwargs),
+            json.dumps(metadata),
+            now,
+            now,
+        ]
+        also = ""
+        if events:
+            values = ", ".join("(?, ?, ?)" for _ in events)
+            also += (
+                ", first_events AS (INSERT INTO run_events (run_id, event, data, created_at)"
+                f" SELECT changed.run_id, v.column1, v.column2, ? FROM changed, (VALUES {values})"
+                " AS v ORDER BY v.column3 RETURNING id)"
+            )
+            params.append(now)
+            for n, (name, data) in enumerate(events):
+                params += [name, data, n]
+        if thread_context is not None:
+            also += (
+                ", saved_context AS (UPDATE threads SET context = ?, updated_at = ?"
+                " WHERE thread_id = ?)"
+            )
+            params += [json.dumps(thread_context), now, thread_id]
+        rows = await self._b.fetchall(
+            self._notifying(
+                "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status,"
+                " kwargs, metadata, multitask_strategy, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, 'enqueue', ?, ?)"
+                f" RETURNING {RUN_COLS}",
+                f"'{QUEUE_CHANNEL}'",
+                also=also,
+                columns=", (SELECT array_agg(id ORDER BY id) FROM first_events) AS event_ids"
+                if events
+                else "",
+            ),
+            params,
+        )
+        run = _run_row(rows[0])
+        run["event_ids"] = [int(i) for i in run.get("event_ids") or []]
+        return run
 
     async def claim_runs(
         self, owner: str, lease_until: datetime, limit: int
@@ -572,6 +692,26 @@ class AppDB:
         index `runs_one_running` makes a lost race a unique violation, which is skipped."""
         if limit <= 0:
             return []
+        if self.dialect == "postgres":
+            # one statement; SKIP LOCKED: workers claiming at once take different runs
+            try:
+                rows = await self._b.fetchall(
+                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+                    " attempt = attempt + 1, updated_at = ? WHERE status = 'pending' AND run_id IN"
+                    " (SELECT run_id FROM runs r WHERE status = 'pending'"
+                    " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
+                    "   AND x.status = 'running')"
+                    " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
+                    "   AND y.status = 'pending' AND y.started_at < r.started_at)"
+                    " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {RUN_COLS}",
+                    (owner, iso_us(lease_until), iso_us(utcnow()), limit),
+                )
+                return [_run_row(r) for r in rows]
+            except Exception as exc:
+                if not is_unique_violation(exc):
+                    raise
+                # a run started outside the queue (the CLI) took a thread: one run at a time
         candidates = await self._b.fetchall(
             "SELECT run_id FROM runs r WHERE status = 'pending'"
             " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
@@ -662,7 +802,9 @@ class AppDB:
 
     async def requeue_run(self, run_id: str, owner: str | None) -> bool:
         """Give a running run back to the queue (its lease expired, its process died, or a
-        shutdown released it); compare-and-set on the owner so only one sweeper wins."""
+        shutdown released it); compare-and-set on the owner so only one sweeper wins. Waits for
+        an event write of the old owner in flight (it share-locks the row), so the old owner's
+        events all precede the next attempt's."""
         sql = (
             "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
             " updated_at = ? WHERE run_id = ? AND status = 'running'"
@@ -673,7 +815,34 @@ class AppDB:
         else:
             sql += " AND lease_owner = ?"
             params.append(owner)
-        return await self._b.execute(sql, params) == 1
+        sql += " RETURNING run_id"
+        return len(await self._b.fetchall(self._notifying(sql, f"'{QUEUE_CHANNEL}'"), params)) == 1
+
+    async def mark_run_started(
+        self, run_id: str, thread_id: str, graph_id: str, before_checkpoint_id: str | None
+    ) -> None:
+        """A claimed run starts: its thread becomes `busy` and, unless None, the checkpoint the
+        thread was at before the run is recorded (rollback returns to it). One statement on
+        Postgres, one transaction on SQLite."""
+        now = iso_us(utcnow())
+        thread_sql = (
+            "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ? WHERE thread_id = ?"
+        )
+        thread_params = (graph_id, now, thread_id)
+        if before_checkpoint_id is None:
+            await self._b.execute(thread_sql, thread_params)
+            return
+        run_sql = "UPDATE runs SET before_checkpoint_id = ?, updated_at = ? WHERE run_id = ?"
+        run_params = (before_checkpoint_id, now, run_id)
+        if self.dialect == "postgres":
+            await self._b.execute(
+                f"WITH t AS ({thread_sql} RETURNING thread_id) {run_sql}",
+                (*thread_params, *run_params),
+            )
+            return
+        async with self._b.transaction() as tx:
+            await tx.execute(thread_sql, thread_params)
+            await tx.execute(run_sql, run_params)
 
     async def set_run_fields(self, run_id: str, **fields: Any) -> None:
         allowed = {"before_checkpoint_id", "provider", "cancel_action", "kwargs"}
@@ -688,19 +857,23 @@ class AppDB:
         )
 
     async def request_cancel(self, run_id: str, action: str) -> dict[str, Any] | None:
-        """Cancel a run: a pending one ends now (`interrupted`); a running one is flagged and its
-        worker stops it (it sees the flag on its next heartbeat, or at once in-process)."""
+        """Cancel a run; returns it afterwards (None when it does not exist). A pending one ends
+        now (`interrupted`); a running one is flagged and its worker stops it — at once when it
+        runs in this process or (Postgres) hears the cancel notification, else on its next
+        heartbeat."""
         now = iso_us(utcnow())
-        await self._b.execute(
-            "UPDATE runs SET status = 'interrupted', cancel_action = ?, ended_at = ?, updated_at = ?"
-            " WHERE run_id = ? AND status = 'pending'",
+        rows = await self._b.fetchall(
+            self._notifying(
+                "UPDATE runs SET cancel_action = ?, updated_at = ?,"
+                " ended_at = CASE WHEN status = 'pending' THEN ? ELSE ended_at END,"
+                " status = CASE WHEN status = 'pending' THEN 'interrupted' ELSE status END"
+                f" WHERE run_id = ? AND status IN ('pending', 'running') RETURNING {RUN_COLS}",
+                f"CASE WHEN changed.status = 'running' THEN '{CANCEL_CHANNEL}'"
+                f" ELSE '{RUN_CHANNEL}' END",
+            ),
             (action, now, now, run_id),
         )
-        await self._b.execute(
-            "UPDATE runs SET cancel_action = ?, updated_at = ? WHERE run_id = ? AND status = 'running'",
-            (action, now, run_id),
-        )
-        return await self.get_run(run_id)
+        return _run_row(rows[0]) if rows else await self.get_run(run_id)
 
     async def start_run(self, run_id: str, thread_id: str, provider: str) -> None:
         """A run without a lease (kept for callers outside the queue; the CLI uses leases)."""
@@ -719,8 +892,12 @@ class AppDB:
         error: str | None = None,
         *,
         owner: str | None = None,
+        thread_status: str | None = None,
     ) -> bool:
-        """Record the end of a run; with `owner`, only while that owner still holds it."""
+        """Record the end of a run; with `owner`, only while that owner still holds it. With
+        `thread_status`, the thread's status is set in the same statement (Postgres) or
+        transaction (SQLite), and only if the run was finished here. Postgres tells the run's
+        streams and the workers (the thread's next queued run may start) at commit."""
         now = iso_us(utcnow())
         sql = (
             "UPDATE runs SET status = ?, usage = ?, error = ?, ended_at = ?, updated_at = ?,"
@@ -730,7 +907,24 @@ class AppDB:
         if owner is not None:
             sql += " AND lease_owner = ? AND status = 'running'"
             params.append(owner)
-        return await self._b.execute(sql, params) == 1
+        sql += " RETURNING run_id, thread_id"
+        thread_sql = "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ?"
+        if self.dialect == "postgres":
+            also = ""
+            if thread_status is not None:
+                also = (
+                    ", thread AS (UPDATE threads SET status = ?, updated_at = ?"
+                    " WHERE thread_id IN (SELECT thread_id FROM changed))"
+                )
+                params += [thread_status, now]
+            notify = f"'{RUN_CHANNEL}'", f"'{QUEUE_CHANNEL}'"
+            rows = await self._b.fetchall(self._notifying(sql, *notify, also=also), params)
+            return len(rows) == 1
+        async with self._b.transaction() as tx:
+            rows = await tx.fetchall(sql, params)
+            if rows and thread_status is not None:
+                await tx.execute(thread_sql, (thread_status, now, rows[0]["thread_id"]))
+        return len(rows) == 1
 
     async def get_run(
         self, run_id: str, *, tenant: str | None = None, thread_id: str | None = None
@@ -772,22 +966,55 @@ class AppDB:
     async def delete_run(self, run_id: str) -> None:
         async with self._b.transaction() as tx:
             await tx.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
-            await tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            await tx.fetchall(
+                self._notifying(
+                    "DELETE FROM runs WHERE run_id = ? RETURNING run_id", f"'{RUN_CHANNEL}'"
+                ),
+                (run_id,),
+            )
 
     # --- run events (the persisted stream) ----------------------------------------------------
-    async def append_events(self, run_id: str, events: Sequence[tuple[str, str]]) -> list[int]:
-        """Append (event name, JSON text) pairs in order; returns their ids (monotonic)."""
+    async def append_events(
+        self, run_id: str, events: Sequence[tuple[str, str]], *, owner: str | None = None
+    ) -> list[int]:
+        """Append (event name, JSON text) pairs in order; returns their ids (monotonic), one
+        statement per `EVENTS_PER_STATEMENT` events; Postgres wakes the run's streams at commit.
+
+        With `owner`, only while that owner holds the run's lease (else `LeaseLostError`, nothing
+        written). On Postgres the run's row is share-locked by the insert, so a takeover (an
+        update of that row) waits for the write in flight: a run's events are committed in id
+        order even when its worker changes, and a per-run cursor never skips one. (Ids of
+        different runs may commit out of order; cursors are per run, so that is harmless.)"""
         now = iso_us(utcnow())
         ids: list[int] = []
-        async with self._b.transaction() as tx:
-            for name, data in events:
-                rows = await tx.fetchall(
-                    "INSERT INTO run_events (run_id, event, data, created_at) VALUES (?, ?, ?, ?)"
-                    " RETURNING id",
-                    (run_id, name, data, now),
-                )
-                ids.append(int(rows[0]["id"]))
+        for start in range(0, len(events), EVENTS_PER_STATEMENT):
+            chunk = events[start : start + EVENTS_PER_STATEMENT]
+            rows = await self._b.fetchall(*self._append_sql(run_id, chunk, owner, now))
+            if not rows and owner is not None:
+                raise LeaseLostError(run_id)
+            ids += sorted(int(r["id"]) for r in rows)
         return ids
+
+    def _append_sql(
+        self, run_id: str, events: Sequence[tuple[str, str]], owner: str | None, now: str
+    ) -> tuple[str, list[Any]]:
+        values = ", ".join("(?, ?, ?)" for _ in events)
+        params: list[Any] = [now]
+        if owner is None:
+            source = "(SELECT ? AS run_id) r"
+            params.append(run_id)
+        else:
+            lock = " FOR SHARE" if self.dialect == "postgres" else ""
+            source = f"(SELECT run_id FROM runs WHERE run_id = ? AND lease_owner = ?{lock}) r"
+            params += [run_id, owner]
+        for n, (name, data) in enumerate(events):
+            params += [name, data, n]
+        sql = (
+            "INSERT INTO run_events (run_id, event, data, created_at)"
+            f" SELECT r.run_id, v.column1, v.column2, ? FROM {source}, (VALUES {values}) AS v"
+            " ORDER BY v.column3 RETURNING id, run_id"
+        )
+        return self._notifying(sql, f"'{RUN_CHANNEL}'"), params
 
     async def events_after(
         self, run_id: str, after_id: int, limit: int = 500
@@ -796,6 +1023,22 @@ class AppDB:
             "SELECT id, event, data FROM run_events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
             (run_id, after_id, limit),
         )
+
+    async def events_and_status(
+        self, run_id: str, after_id: int, limit: int = 500
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` events after `after_id` and the run's status (None: no such run), read
+        in one statement, so from one snapshot: when the status is final, every event the run
+        will ever have is in this read or the next page."""
+        rows = await self._b.fetchall(
+            "SELECT 0 AS part, e.id, e.event, e.data FROM (SELECT id, event, data FROM run_events"
+            " WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?) AS e"
+            " UNION ALL SELECT 1, 0, status, '' FROM runs WHERE run_id = ?"
+            " ORDER BY part, id",
+            (run_id, after_id, limit, run_id),
+        )
+        status = str(rows.pop()["event"]) if rows and rows[-1]["part"] == 1 else None
+        return rows, status
 
     async def prune_events(self, older_than: datetime) -> int:
         """Delete the event logs of runs that ended before `older_than`."""
@@ -882,7 +1125,7 @@ def _thread_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
+    row = {k: v for k, v in row.items() if not k.startswith("_notify")}
     for key in ("kwargs", "metadata", "usage"):
         row[key] = _loads(row.get(key), {})
     return row

@@ -89,11 +89,15 @@ class Runner:
         return ThreadView(thread_id, True, status, tuple(snap.next), interrupts, dict(snap.values))
 
     async def context_for(
-        self, thread_id: str, overrides: dict[str, Any] | None
+        self,
+        thread_id: str,
+        overrides: dict[str, Any] | None,
+        saved: dict[str, Any] | None = None,
     ) -> MarketingContext:
-        """The thread's saved context with `overrides` applied (validated)."""
-        row = await self.storage.db.get_thread(thread_id)
-        saved = row["context"] if row else {}
+        """The thread's saved context (read unless given) with `overrides` applied (validated)."""
+        if saved is None:
+            row = await self.storage.db.get_thread(thread_id)
+            saved = row["context"] if row else {}
         return parse_context({**saved, **(overrides or {})})
 
     # --- validation shared by the CLI and the HTTP server ------------------------------------------

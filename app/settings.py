@@ -116,9 +116,27 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often a server looks for runs whose lease expired."
     )
     run_poll_interval_s: float = Field(
-        0.5, gt=0, description="How often a worker polls the queue for runs created elsewhere."
+        0.5,
+        gt=0,
+        description="Without notifications (SQLite, or the Postgres listener reconnecting): how "
+        "often workers poll the queue and streams poll for other processes' events.",
     )
-    worker_concurrency: int = Field(8, ge=1, description="Runs one server executes at once.")
+    worker_concurrency: int = Field(
+        8, ge=1, description="Runs one executing process (server or worker) runs at once."
+    )
+    serve_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Worker processes `mkt serve` starts and supervises (0: runs execute in the "
+        "server process). Unset: on Postgres one per CPU but one (1 to 4), on SQLite 0.",
+    )
+    notify_fallback_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="With Postgres notifications, how often idle streams and workers re-read "
+        "anyway (bounds the delay should a notification be lost).",
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On shutdown, how long active runs may take to finish."
     )

@@ -7,6 +7,8 @@ With DATABASE_URL: `AsyncPostgresSaver` and the app tables on one psycopg pool o
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +41,24 @@ def redact_dsn(dsn: str) -> str:
     return f"postgres {parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
+RECENTLY_USED_S = 2.0
+_handed_out: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+async def check_unless_recently_used(conn: Any) -> None:
+    """The pool's check on each checkout: ping the connection (a round trip) unless it was
+    handed out less than `RECENTLY_USED_S` ago. The pool discards a connection that broke while
+    in use when it comes back, so a recently used one is known to work; a ping on every checkout
+    would double the round trips of a busy server (two per statement, each a context switch to
+    Postgres), while idle connections — the ones a restarted or distant database kills — are
+    still checked before use."""
+    now = time.monotonic()
+    last = _handed_out.get(conn)
+    _handed_out[conn] = now
+    if last is None or now - last > RECENTLY_USED_S:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(dsn: str, max_size: int) -> AsyncConnectionPool[Any]:
     return AsyncConnectionPool(
         dsn,
@@ -46,7 +66,7 @@ def make_pool(dsn: str, max_size: int) -> AsyncConnectionPool[Any]:
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
-        check=AsyncConnectionPool.check_connection,
+        check=check_unless_recently_used,
     )
 
 

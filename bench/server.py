@@ -4,16 +4,25 @@ driven by the official `langgraph-sdk` client, measured in the same run of this 
 For each concurrency level (default 1, 10, 50, 100 concurrent SDK streams) every stream runs the
 same research + blog request (no approval, so one stream = one full run) a few times and records:
 
-- time to first event (the `metadata` event) and to the first graph event (`updates`),
+- time to first event (the `metadata` event) and to the first graph event (`updates`); TTFE is
+  also reported for rounds 2+ alone: round 1 starts every stream at the same instant (a burst of
+  N simultaneous run creations), later rounds start as earlier runs end,
 - full run latency (request to the end of the stream),
 - runs/s over the level's wall time, and errors.
 
 Baseline in the same run: the same request through the same graph in this process on the same kind
-of checkpointer (Postgres), sequentially — `server overhead = server p50 (1 stream) - in-process p50`.
+of checkpointer (Postgres). The server's overhead per run is measured in pairs — one in-process
+run, then one run through the server with one stream, repeated (`--overhead-runs`) — so a
+machine whose load drifts affects both sides alike: `overhead = median(server - in-process)`.
 Memory per idle open stream: a second pair of servers whose scripted model sleeps for minutes
-(`SCRIPTED_LATENCY_MS`), one background run, K join streams on it; RSS growth / K.
+(`SCRIPTED_LATENCY_MS`), one background run, K join streams on it; RSS growth (of the server and
+its worker processes) / K.
 
-Usage: `.venv/bin/python -m bench.server [--levels 1,10,50,100] [--rounds 3] [--skip-peer]`.
+`--workers 0,1,2` measures `mkt serve --workers N` for each N in the same run (runs executed in
+the server process, or in N worker processes).
+
+Usage: `.venv/bin/python -m bench.server [--levels 1,10,50,100] [--rounds 3] [--workers 0,1]
+[--skip-peer]`.
 Targets (reported, never asserted): p95 time to first event < 50 ms at 100 streams; our added
 overhead per run < 15 ms over the in-process run.
 """
@@ -101,15 +110,28 @@ class ServerProc:
     log: Path
 
     def rss_bytes(self) -> int:
-        """Resident memory of the whole process group (the server and any children)."""
-        total = 0
+        """Resident memory of the server's process group and every process below it (worker
+        processes run in sessions of their own)."""
+        parent: dict[int, int] = {}
+        group: dict[int, int] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) != self.proc.pid:  # field 5 (pgrp) after the comm field
-                    continue
-                status = (stat.parent / "status").read_text()
+                pid = int(stat.parent.name)
+                parent[pid], group[pid] = int(fields[1]), int(fields[2])  # ppid, pgrp
             except (OSError, IndexError, ValueError):
+                continue
+        mine = {pid for pid, pgrp in group.items() if pgrp == self.proc.pid}
+        grew = True
+        while grew:
+            below = {pid for pid, ppid in parent.items() if ppid in mine} - mine
+            mine |= below
+            grew = bool(below)
+        total = 0
+        for pid in mine:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
                 continue
             for line in status.splitlines():
                 if line.startswith("VmRSS:"):
@@ -178,14 +200,22 @@ async def start_server(
                 proc.wait(timeout=10)
 
 
-def ours(tmp: Path, dsn: str, tag: str, **extra: str) -> Any:
+def ours_name(workers: int | None) -> str:
+    return "mkt serve" if workers is None else f"mkt serve -w{workers}"
+
+
+def ours(tmp: Path, dsn: str, tag: str, workers: int | None = None, **extra: str) -> Any:
     env = server_env(tmp / f"data-{tag}", DATABASE_URL=dsn, **extra)
+    env.pop("SERVE_WORKERS", None)
     subprocess.run(
         [_mkt(), "db", "migrate"], env=env, cwd=REPO_ROOT, check=True, capture_output=True
     )
     port = str(free_port())
     cmd = [_mkt(), "serve", "--host", "127.0.0.1", "--port", port]
-    return start_server(f"mkt serve ({tag})", cmd, env, tmp / f"mkt-{tag}.log")
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    name = f"{ours_name(workers)} ({tag})"
+    return start_server(name, cmd, env, tmp / f"mkt-{tag}-w{workers}.log")
 
 
 def peer(tmp: Path, tag: str, **extra: str) -> Any:
@@ -215,6 +245,7 @@ def sdk_client(url: str, connections: int) -> Any:
 class Level:
     streams: int
     ttfe_ms: list[float] = field(default_factory=list)
+    ttfe_later_ms: list[float] = field(default_factory=list)  # rounds 2+: no simultaneous burst
     first_update_ms: list[float] = field(default_factory=list)
     run_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -233,12 +264,15 @@ class Level:
             "wall_s": round(self.wall_s, 3),
             "runs_per_s": round(self.runs_per_s, 2),
             "ttfe_ms": summary(self.ttfe_ms),
+            "ttfe_after_first_round_ms": summary(self.ttfe_later_ms),
+            "ttfe_samples": [round(v, 2) for v in self.ttfe_ms],
             "first_update_ms": summary(self.first_update_ms),
             "run_ms": summary(self.run_ms),
         }
 
 
-async def one_run(client: Any, level: Level) -> None:
+async def one_run(client: Any, level: Level, round_no: int = 0) -> None:
+    """One streamed run on a new thread; samples go to `level`."""
     thread = await client.threads.create()
     t0 = time.perf_counter()
     first = first_update = None
@@ -261,6 +295,8 @@ async def one_run(client: Any, level: Level) -> None:
         level.errors.append(failed or "empty stream")
         return
     level.ttfe_ms.append((first - t0) * 1000)
+    if round_no > 0:
+        level.ttfe_later_ms.append((first - t0) * 1000)
     if first_update is not None:
         level.first_update_ms.append((first_update - t0) * 1000)
     level.run_ms.append((end - t0) * 1000)
@@ -271,9 +307,9 @@ async def measure_level(url: str, streams: int, rounds: int) -> Level:
     client = sdk_client(url, connections=streams + 10)
 
     async def worker() -> None:
-        for _ in range(rounds):
+        for round_no in range(rounds):
             try:
-                await one_run(client, level)
+                await one_run(client, level, round_no)
             except (httpx.HTTPError, OSError) as exc:  # the SDK raises httpx errors
                 level.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
@@ -284,8 +320,10 @@ async def measure_level(url: str, streams: int, rounds: int) -> Level:
     return level
 
 
-async def measure_in_process(dsn: str, runs: int, tmp: Path) -> list[float]:
-    """The same request through the same graph, in this process, on Postgres: the floor."""
+@asynccontextmanager
+async def in_process(dsn: str, tmp: Path) -> AsyncIterator[Any]:
+    """The same request through the same graph, in this process, on Postgres (the floor): yields
+    a coroutine function that makes one run on a new thread and returns its wall time in ms."""
     from app.models import ModelFactory, set_model_factory
     from app.settings import Settings
     from app.storage import open_storage, set_active_db
@@ -294,12 +332,12 @@ async def measure_in_process(dsn: str, runs: int, tmp: Path) -> list[float]:
 
     settings = Settings(model_provider="scripted", data_dir=tmp / "inproc", database_url=dsn)
     previous = set_model_factory(ModelFactory(settings))
-    samples: list[float] = []
     try:
         async with open_storage(settings, migrate=True) as storage:
             set_active_db(storage.db)
             graph = builder.compile(checkpointer=storage.checkpointer, name="supervisor")
-            for i in range(runs + 2):
+
+            async def run_once() -> float:
                 config: Any = {"configurable": {"thread_id": str(uuid.uuid4())}}
                 t0 = time.perf_counter()
                 async for _ in graph.astream(
@@ -310,12 +348,56 @@ async def measure_in_process(dsn: str, runs: int, tmp: Path) -> list[float]:
                     durability="sync",
                 ):
                     pass
-                if i >= 2:  # two warm-up runs
-                    samples.append((time.perf_counter() - t0) * 1000)
-            set_active_db(None)
+                return (time.perf_counter() - t0) * 1000
+
+            for _ in range(2):  # warm-up
+                await run_once()
+            try:
+                yield run_once
+            finally:
+                set_active_db(None)
     finally:
         set_model_factory(previous)
-    return samples
+
+
+@dataclass
+class Paired:
+    """Alternating in-process and server runs (one stream): overhead = median of differences."""
+
+    in_process_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+
+    @property
+    def overhead_ms(self) -> float:
+        return percentile(
+            [s - i for s, i in zip(self.server_ms, self.in_process_ms, strict=True)], 50
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pairs": len(self.server_ms),
+            "overhead_ms_median_of_differences": round(self.overhead_ms, 2),
+            "in_process_ms": summary(self.in_process_ms),
+            "server_ms": summary(self.server_ms),
+            "in_process_samples": self.in_process_ms,
+            "server_samples": self.server_ms,
+        }
+
+
+async def measure_overhead(url: str, run_in_process: Any, pairs: int) -> Paired:
+    paired = Paired()
+    client = sdk_client(url, connections=4)
+    try:
+        for _ in range(pairs):
+            level = Level(1)
+            paired.in_process_ms.append(await run_in_process())
+            await one_run(client, level)
+            if level.errors:
+                raise RuntimeError(f"server run failed: {level.errors[0]}")
+            paired.server_ms.append(level.run_ms[0])
+    finally:
+        await client.http.client.aclose()
+    return paired
 
 
 async def idle_stream_memory(server: ServerProc, streams: int) -> dict[str, Any]:
@@ -369,18 +451,23 @@ async def idle_stream_memory(server: ServerProc, streams: int) -> dict[str, Any]
 class Options:
     levels: list[int]
     rounds: int
-    inproc_runs: int
+    overhead_runs: int
     idle_streams: int
     skip_peer: bool
     out: Path
+    workers: list[int | None] = field(default_factory=lambda: [None])
 
 
 @dataclass
 class Results:
     levels: dict[str, list[Level]] = field(default_factory=dict)
-    in_process_ms: list[float] = field(default_factory=list)
+    paired: dict[str, Paired] = field(default_factory=dict)
     idle: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_process_ms(self) -> list[float]:
+        return [ms for p in self.paired.values() for ms in p.in_process_ms]
 
 
 async def measure(opts: Options, console: Console) -> Results:
@@ -389,24 +476,33 @@ async def measure(opts: Options, console: Console) -> Results:
         tmp = Path(d)
         if dsn is None:
             raise SystemExit(f"the server benchmark needs Postgres: {reason}")
-        console.print("in-process baseline (same graph, Postgres checkpointer) …")
-        results.in_process_ms = await measure_in_process(dsn, opts.inproc_runs, tmp)
-        targets: list[tuple[str, Any]] = [("mkt serve", ours(tmp, dsn, "load"))]
+        targets: list[tuple[str, Any]] = [
+            (ours_name(w), ours(tmp, dsn, "load", w)) for w in opts.workers
+        ]
         if opts.skip_peer:
             results.skipped["langgraph dev"] = "--skip-peer given"
         else:
             targets.append(("langgraph dev", peer(tmp, "load")))
-        for name, starter in targets:
-            async with starter as server:
-                console.print(f"{name}: warm-up …")
-                await measure_level(server.url, 1, 2)
-                results.levels[name] = []
-                for n in opts.levels:
-                    console.print(f"{name}: {n} concurrent stream(s) × {opts.rounds} runs …")
-                    results.levels[name].append(await measure_level(server.url, n, opts.rounds))
+        console.print("in-process baseline (same graph, Postgres checkpointer): warm-up …")
+        async with in_process(dsn, tmp) as run_in_process:
+            for name, starter in targets:
+                async with starter as server:
+                    console.print(f"{name}: warm-up …")
+                    await measure_level(server.url, 1, 2)
+                    console.print(f"{name}: {opts.overhead_runs} in-process/server run pairs …")
+                    results.paired[name] = await measure_overhead(
+                        server.url, run_in_process, opts.overhead_runs
+                    )
+                    results.levels[name] = []
+                    for n in opts.levels:
+                        console.print(f"{name}: {n} concurrent stream(s) × {opts.rounds} runs …")
+                        level = await measure_level(server.url, n, opts.rounds)
+                        results.levels[name].append(level)
         if opts.idle_streams:
             slow = {"SCRIPTED_LATENCY_MS": str(IDLE_MODEL_LATENCY_MS)}
-            idle_targets: list[tuple[str, Any]] = [("mkt serve", ours(tmp, dsn, "idle", **slow))]
+            idle_targets: list[tuple[str, Any]] = [
+                (ours_name(w), ours(tmp, dsn, "idle", w, **slow)) for w in opts.workers
+            ]
             if not opts.skip_peer:
                 idle_targets.append(("langgraph dev", peer(tmp, "idle", **slow)))
             for name, starter in idle_targets:
@@ -422,32 +518,48 @@ def _f(value: float) -> str:
 
 def verdicts(results: Results) -> list[tuple[bool | None, str]]:
     out: list[tuple[bool | None, str]] = []
-    ours_levels = results.levels.get("mkt serve") or []
-    top = max(ours_levels, key=lambda lv: lv.streams, default=None)
-    if top is not None and top.ttfe_ms:
-        p95 = percentile(top.ttfe_ms, 95)
-        out.append(
-            (
-                p95 < TTFE_P95_TARGET_MS,
-                f"p95 time to first event at {top.streams} streams: {_f(p95)} ms "
-                f"(target < {TTFE_P95_TARGET_MS:.0f} ms)",
+    for name, levels in results.levels.items():
+        if not name.startswith("mkt serve"):
+            continue
+        top = max(levels, key=lambda lv: lv.streams, default=None)
+        if top is not None and top.ttfe_ms:
+            p95 = percentile(top.ttfe_ms, 95)
+            out.append(
+                (
+                    p95 < TTFE_P95_TARGET_MS,
+                    f"{name}: p95 time to first event at {top.streams} streams: {_f(p95)} ms "
+                    f"(target < {TTFE_P95_TARGET_MS:.0f} ms)",
+                )
             )
-        )
-    one = next((lv for lv in ours_levels if lv.streams == 1), None)
-    if one is not None and one.run_ms and results.in_process_ms:
-        overhead = percentile(one.run_ms, 50) - percentile(results.in_process_ms, 50)
-        out.append(
-            (
-                overhead < OVERHEAD_TARGET_MS,
-                f"server overhead per run (p50, 1 stream - in-process p50): {_f(overhead)} ms "
-                f"(target < {OVERHEAD_TARGET_MS:.0f} ms)",
+        paired = results.paired.get(name)
+        if paired is not None and paired.server_ms:
+            overhead = paired.overhead_ms
+            out.append(
+                (
+                    overhead < OVERHEAD_TARGET_MS,
+                    f"{name}: overhead per run over the in-process run (median of "
+                    f"{len(paired.server_ms)} paired differences, 1 stream): {_f(overhead)} ms "
+                    f"(target < {OVERHEAD_TARGET_MS:.0f} ms)",
+                )
             )
-        )
     return out
 
 
 def print_report(results: Results, console: Console) -> None:
     base = percentile(results.in_process_ms, 50) if results.in_process_ms else None
+    if results.paired:
+        pairs = Table(title="Overhead per run: alternating in-process and server runs, 1 stream")
+        for col in ("server", "pairs", "in-proc p50", "server p50", "overhead (median diff)"):
+            pairs.add_column(col, justify="left" if col == "server" else "right")
+        for name, p in results.paired.items():
+            pairs.add_row(
+                name,
+                str(len(p.server_ms)),
+                _f(percentile(p.in_process_ms, 50)),
+                _f(percentile(p.server_ms, 50)),
+                _f(p.overhead_ms),
+            )
+        console.print(pairs)
     table = Table(title="SDK streams: research + blog run (scripted model)")
     for col in (
         "server",
@@ -457,6 +569,7 @@ def print_report(results: Results, console: Console) -> None:
         "runs/s",
         "TTFE p50",
         "TTFE p95",
+        "TTFE p95 rounds 2+",
         "1st update p95",
         "run p50",
         "run p95",
@@ -473,6 +586,7 @@ def print_report(results: Results, console: Console) -> None:
             "",
             "",
             "",
+            "",
             _f(base),
             _f(percentile(results.in_process_ms, 95)),
             "1.00×",
@@ -480,7 +594,7 @@ def print_report(results: Results, console: Console) -> None:
     for name, levels in results.levels.items():
         for lv in levels:
             if not lv.run_ms:
-                table.add_row(name, str(lv.streams), "0", str(len(lv.errors)), *[""] * 7)
+                table.add_row(name, str(lv.streams), "0", str(len(lv.errors)), *[""] * 8)
                 continue
             table.add_row(
                 name,
@@ -490,6 +604,7 @@ def print_report(results: Results, console: Console) -> None:
                 f"{lv.runs_per_s:.1f}",
                 _f(percentile(lv.ttfe_ms, 50)),
                 _f(percentile(lv.ttfe_ms, 95)),
+                _f(percentile(lv.ttfe_later_ms, 95)) if lv.ttfe_later_ms else "",
                 _f(percentile(lv.first_update_ms, 95)) if lv.first_update_ms else "",
                 _f(percentile(lv.run_ms, 50)),
                 _f(percentile(lv.run_ms, 95)),
@@ -536,7 +651,8 @@ def write_json(results: Results, opts: Options, started: datetime, took_s: float
             "options": {
                 "levels": opts.levels,
                 "rounds": opts.rounds,
-                "inproc_runs": opts.inproc_runs,
+                "overhead_runs": opts.overhead_runs,
+                "workers": opts.workers,
                 "idle_streams": opts.idle_streams,
                 "skip_peer": opts.skip_peer,
             },
@@ -551,6 +667,7 @@ def write_json(results: Results, opts: Options, started: datetime, took_s: float
             "stats": summary(results.in_process_ms),
             "samples": results.in_process_ms,
         },
+        "overhead_pairs": {name: p.to_json() for name, p in results.paired.items()},
         "servers": {name: [lv.to_json() for lv in lvs] for name, lvs in results.levels.items()},
         "idle_stream_memory": results.idle,
         "skipped": results.skipped,
@@ -573,7 +690,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--levels", default="1,10,50,100", help="concurrent streams per level")
     parser.add_argument("--rounds", type=positive, default=3, help="runs per stream per level")
-    parser.add_argument("--inproc-runs", type=positive, default=20, help="in-process baseline runs")
+    parser.add_argument(
+        "--overhead-runs",
+        type=positive,
+        default=20,
+        help="alternating in-process / server run pairs per server for the overhead (20)",
+    )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated `mkt serve --workers` values to measure, e.g. 0,1,2 "
+        "(default: the server's own default)",
+    )
     parser.add_argument(
         "--idle-streams", type=int, default=200, help="open streams for the memory test (0 = skip)"
     )
@@ -584,7 +712,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         levels = sorted({positive(v.strip()) for v in ns.levels.split(",") if v.strip()})
     except (ValueError, argparse.ArgumentTypeError):
         parser.error(f"--levels: comma-separated positive integers, got {ns.levels!r}")
-    return Options(levels, ns.rounds, ns.inproc_runs, max(0, ns.idle_streams), ns.skip_peer, ns.out)
+    workers: list[int | None] = [None]
+    if ns.workers.strip():
+        try:
+            workers = sorted({int(v.strip()) for v in ns.workers.split(",") if v.strip()})
+        except ValueError:
+            parser.error(f"--workers: comma-separated integers, got {ns.workers!r}")
+        if any(w < 0 for w in workers if w is not None):
+            parser.error("--workers: values must be 0 or more")
+    return Options(
+        levels,
+        ns.rounds,
+        ns.overhead_runs,
+        max(0, ns.idle_streams),
+        ns.skip_peer,
+        ns.out,
+        workers,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,20 +2,26 @@
 
 The worker appends every stream event to `run_events` (a monotonic id per event, sent as the SSE
 `id:`); a stream is only ever a reader of that table: it replays what is stored after a cursor
-(`Last-Event-ID`) and continues live. In-process readers are woken at once; readers in other
-processes notice within the poll interval. Nothing is sent that is not stored first, so a replay
-from any id misses nothing and repeats nothing.
+(`Last-Event-ID`) and continues live. Nothing is sent that is not stored first, so a replay from
+any id misses nothing and repeats nothing.
+
+Readers wait on `RunSignals` and read again only when woken: by a write in this process, by a
+Postgres notification (`app.server.notify`: a write in any process, delivered after it commits),
+or when the poll interval passes — the only way to see another process's writes on SQLite
+(latency up to `RUN_POLL_INTERVAL_S`), and a safety net on Postgres (`NOTIFY_FALLBACK_POLL_S`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from app.db import ACTIVE, AppDB
 from app.server.serde import dumps
+
+PAGE = 500  # events per read
 
 
 @dataclass(frozen=True)
@@ -25,49 +31,95 @@ class StoredEvent:
     data: str  # one line of JSON
 
 
-class RunSignals:
-    """Per-run change counters: the executor bumps them, readers of that run wait for a change
-    (one `asyncio.Event` per run and change, so a bump wakes only that run's readers)."""
+@dataclass
+class RunWatch:
+    """One run's change counter while someone watches it."""
 
-    def __init__(self) -> None:
-        self._state: dict[str, tuple[int, asyncio.Event]] = {}
+    signals: RunSignals
+    version: int = 0
+    watchers: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def _get(self, run_id: str) -> tuple[int, asyncio.Event]:
-        if run_id not in self._state:
-            self._state[run_id] = (0, asyncio.Event())
-        return self._state[run_id]
-
-    def version(self, run_id: str) -> int:
-        return self._get(run_id)[0]
-
-    async def bump(self, run_id: str) -> None:
-        version, event = self._get(run_id)
-        self._state[run_id] = (version + 1, asyncio.Event())
-        event.set()
-
-    async def wait_past(self, run_id: str, seen: int, within_s: float) -> None:
-        version, event = self._get(run_id)
-        if version > seen:
+    async def wait_past(self, seen: int, within_s: float | None = None) -> None:
+        """Return once the version is past `seen`, or after `within_s` (default: the poll
+        interval that applies now)."""
+        if self.version > seen:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), within_s)
+            await asyncio.wait_for(self.changed.wait(), within_s or self.signals.poll_interval())
 
-    def forget(self, run_id: str) -> None:
-        self._state.pop(run_id, None)
+
+class RunSignals:
+    """Per-run change counters for the runs someone in this process is watching (streams, join,
+    wait). `bump(run_id)` wakes only that run's watchers; bumps of unwatched runs cost nothing and
+    keep no state.
+
+    `via_db` is set while this process's Postgres listener is connected: every write then comes
+    back as a notification (this process's own writes too), so `wrote()` — called after a local
+    write — does nothing and watchers only poll as a safety net. Without it (SQLite, or the
+    listener reconnecting) `wrote()` bumps at once and watchers poll at `poll_s`."""
+
+    def __init__(self, poll_s: float = 0.5, safety_poll_s: float = 5.0) -> None:
+        self.poll_s = poll_s
+        self.safety_poll_s = max(poll_s, safety_poll_s)
+        self.via_db = False
+        self._watched: dict[str, RunWatch] = {}
+
+    def poll_interval(self) -> float:
+        return self.safety_poll_s if self.via_db else self.poll_s
+
+    @contextlib.contextmanager
+    def watch(self, run_id: str) -> Iterator[RunWatch]:
+        state = self._watched.get(run_id)
+        if state is None:
+            state = self._watched[run_id] = RunWatch(self)
+        state.watchers += 1
+        try:
+            yield state
+        finally:
+            state.watchers -= 1
+            if state.watchers == 0 and self._watched.get(run_id) is state:
+                del self._watched[run_id]
+
+    def bump(self, run_id: str) -> None:
+        state = self._watched.get(run_id)
+        if state is not None:
+            state.version += 1
+            state.changed.set()
+            state.changed = asyncio.Event()
+
+    def bump_all(self) -> None:
+        """Every watcher reads again (after a gap in notifications)."""
+        for run_id in list(self._watched):
+            self.bump(run_id)
+
+    def wrote(self, run_id: str) -> None:
+        """This process changed `run_id` (events, status): wake its watchers here unless the
+        database's notification will."""
+        if not self.via_db:
+            self.bump(run_id)
+
+    @property
+    def watched(self) -> int:
+        return len(self._watched)
 
 
 class EventLog:
-    """Append side, used by the run's worker."""
+    """Append side, used by the run's worker: writes only while `owner` holds the run's lease
+    (`app.db.LeaseLostError` otherwise)."""
 
-    def __init__(self, db: AppDB, signals: RunSignals) -> None:
+    def __init__(self, db: AppDB, signals: RunSignals, owner: str) -> None:
         self.db = db
         self.signals = signals
+        self.owner = owner
 
     async def append(self, run_id: str, events: Iterable[tuple[str, object]]) -> None:
-        rows = [(name, dumps(data)) for name, data in events]
+        await self.append_rows(run_id, [(name, dumps(data)) for name, data in events])
+
+    async def append_rows(self, run_id: str, rows: list[tuple[str, str]]) -> None:
         if rows:
-            await self.db.append_events(run_id, rows)
-            await self.signals.bump(run_id)
+            await self.db.append_events(run_id, rows, owner=self.owner)
+            self.signals.wrote(run_id)
 
 
 class EventBatcher:
@@ -97,8 +149,7 @@ class EventBatcher:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            await self._log.db.append_events(self._run_id, batch)
-            await self._log.signals.bump(self._run_id)
+            await self._log.append_rows(self._run_id, batch)
 
     async def drain(self) -> None:
         task, self._task = self._task, None
@@ -127,29 +178,26 @@ async def follow(
     *,
     after: int = 0,
     modes: set[str] | None = None,
-    poll_s: float = 0.5,
 ) -> AsyncIterator[StoredEvent]:
     """Stored events of `run_id` with id > `after`, then live ones until the run ends (or is
-    deleted). The status is read only when no new events are stored (one query per batch while the
-    run is live); once it is final every event was already stored, so one more empty read after
-    it means the stream is complete."""
+    deleted). Each read returns the new events and the run's status from one snapshot (one query
+    per wake-up); after it the reader waits to be woken (or the poll interval). A final status
+    means every event was already stored (the worker stores them before it changes the status),
+    so the stream is complete once that read's events are sent."""
     cursor = after
-    while True:
-        seen = signals.version(run_id)
-        rows = await db.events_after(run_id, cursor)
-        if not rows:
-            run = await db.get_run(run_id)
-            if run is not None and run["status"] in ACTIVE:
-                await signals.wait_past(run_id, seen, poll_s)
-                continue
-            # final: its worker stored every event before the status changed; one last read
-            rows = await db.events_after(run_id, cursor)
-            if not rows:
+    with signals.watch(run_id) as watch:
+        while True:
+            seen = watch.version
+            rows, status = await db.events_and_status(run_id, cursor, limit=PAGE)
+            for row in rows:
+                cursor = int(row["id"])
+                if wanted(row["event"], modes):
+                    yield StoredEvent(cursor, row["event"], row["data"])
+            if len(rows) == PAGE:
+                continue  # more are stored: read on
+            if status not in ACTIVE:
                 return
-        for row in rows:
-            cursor = int(row["id"])
-            if wanted(row["event"], modes):
-                yield StoredEvent(cursor, row["event"], row["data"])
+            await watch.wait_past(seen)
 
 
 def parse_last_event_id(value: str | None) -> int:

@@ -8,6 +8,12 @@ Runs whose lease expired, or whose process died on this host, go back to the que
 continue from their last checkpoint: the run id is stored in each checkpoint's metadata, so a new
 attempt knows whether its input was already applied. Publishing stays exactly-once because the
 outbox write is idempotent by key.
+
+The same class runs in `mkt serve` (in-process, `--workers 0`) and in each `mkt worker` process
+(`app.server.worker`); an API process whose runs execute in worker processes keeps one with
+`execute=False`: it queues and cancels runs and wakes its streams, but claims nothing. A cancel
+reaches the process running the run at once: directly in-process, else by the `CANCEL_CHANNEL`
+notification (Postgres) or, without notifications (SQLite), at the run's next heartbeat.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
-from app.db import utcnow
+from app.db import LeaseLostError, utcnow
 from app.leases import is_stale, keep_lease, lease_until, new_owner
-from app.runner import RECURSION_LIMIT, Runner, _usage_delta
+from app.runner import RECURSION_LIMIT, Runner, _usage_delta, parse_context
 from app.server import metrics
 from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
@@ -94,17 +100,25 @@ def event_name(mode: str, ns: tuple[str, ...], subgraphs: bool) -> str:
 
 
 class Executor:
-    def __init__(self, runner: Runner, registry: Registry, settings: Settings) -> None:
+    CANCEL_NOTICE_TTL_S = 60.0
+
+    def __init__(
+        self, runner: Runner, registry: Registry, settings: Settings, *, execute: bool = True
+    ) -> None:
         self.runner = runner
         self.db = runner.storage.db
         self.registry = registry
         self.settings = settings
+        self.execute = execute
         self.owner = new_owner()
-        self.signals = RunSignals()
-        self.events = EventLog(self.db, self.signals)
+        self.signals = RunSignals(settings.run_poll_interval_s, settings.notify_fallback_poll_s)
+        self.events = EventLog(self.db, self.signals, self.owner)
         self.accepting = False
+        self.recovered = 0  # runs of stopped processes requeued at start
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reasons: dict[str, str] = {}
+        self._cancel_notices: dict[str, float] = {}  # cancels heard for runs not (yet) here
+        self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._last_prune = 0.0
@@ -112,10 +126,12 @@ class Executor:
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> int:
         """Take up runs left behind by dead processes, then start claiming. Returns how many
-        runs were requeued."""
+        runs were requeued. With `execute=False` only accept requests."""
+        self.accepting = True
+        if not self.execute:
+            return 0
         recovered = await self.sweep()
         await self.prune()
-        self.accepting = True
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="executor:claim"),
             asyncio.create_task(self._sweep_loop(), name="executor:sweep"),
@@ -137,9 +153,11 @@ class Executor:
             finished = len(done)
             for run_id, task in active.items():
                 if not task.done():
-                    self._reasons[run_id] = "shutdown"
-                    task.cancel()
+                    self._stop(run_id, "shutdown")
             await asyncio.gather(*active.values(), return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         return {"finished": finished, "released": len(active) - finished}
 
     def wake(self) -> None:
@@ -152,7 +170,7 @@ class Executor:
     async def _claim_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.run_poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self.signals.poll_interval())
             self._wake.clear()
             try:
                 await self.claim()
@@ -169,6 +187,8 @@ class Executor:
         ):
             task = asyncio.create_task(self._execute(run), name=f"run:{run['run_id']}")
             self._tasks[run["run_id"]] = task
+            if self._cancel_notices.pop(run["run_id"], None) is not None:
+                self._spawn(self._apply_cancel(run["run_id"]))  # heard before the claim returned
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -190,7 +210,6 @@ class Executor:
             if await self.db.requeue_run(run["run_id"], run["lease_owner"]):
                 requeued += 1
                 log.info("run %s requeued (owner %s gone)", run["run_id"], run["lease_owner"])
-                await self.signals.bump(run["run_id"])
         if requeued:
             self.wake()
         return requeued
@@ -211,96 +230,137 @@ class Executor:
         if row["status"] == "interrupted" and run["status"] == "pending":
             if action == "rollback":
                 await self.db.delete_run(run_id)
-            await self.signals.bump(run_id)
+            self.signals.wrote(run_id)
             return
+        self._stop(run_id, action)
+        # a run in another process: its worker hears the cancel notification (Postgres) or
+        # sees `cancel_action` on its next heartbeat
+
+    def cancel_notice(self, run_id: str) -> None:
+        """A cancel was requested somewhere for a running run (`CANCEL_CHANNEL`)."""
+        if not self.execute:
+            return
+        if run_id in self._tasks:
+            self._spawn(self._apply_cancel(run_id))
+            return
+        # maybe claimed here a moment ago, its claim not returned yet: remembered briefly
+        now = time.monotonic()
+        self._cancel_notices = {
+            rid: t for rid, t in self._cancel_notices.items() if now - t < self.CANCEL_NOTICE_TTL_S
+        }
+        self._cancel_notices[run_id] = now
+
+    async def _apply_cancel(self, run_id: str) -> None:
+        row = await self.db.get_run(run_id)
+        if (
+            row is not None
+            and row["status"] == "running"
+            and row["lease_owner"] == self.owner
+            and row["cancel_action"]
+        ):
+            self._stop(run_id, str(row["cancel_action"]))
+
+    def _stop(self, run_id: str, reason: str) -> None:
+        """Cancel the local task of `run_id` once; the first reason decides the bookkeeping."""
         task = self._tasks.get(run_id)
-        if task is not None and not task.done():
-            self._reasons.setdefault(run_id, action)
-            task.cancel()
-        # a run on another worker sees `cancel_action` on its next heartbeat
+        if task is None or task.done() or run_id in self._reasons:
+            return
+        self._reasons[run_id] = reason
+        task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def wait_until_done(self, run_id: str, within_s: float | None = None) -> None:
         deadline = None if within_s is None else time.monotonic() + within_s
-        while True:
-            seen = self.signals.version(run_id)
-            run = await self.db.get_run(run_id)
-            if run is None or run["status"] not in ("pending", "running"):
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                return
-            await self.signals.wait_past(run_id, seen, self.settings.run_poll_interval_s)
+        with self.signals.watch(run_id) as watch:
+            while True:
+                seen = watch.version
+                run = await self.db.get_run(run_id)
+                if run is None or run["status"] not in ("pending", "running"):
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                await watch.wait_past(seen)
 
     # --- one run --------------------------------------------------------------------------------
     async def _execute(self, run: dict[str, Any]) -> None:
-        run_id, thread_id = run["run_id"], run["thread_id"]
+        run_id = run["run_id"]
         started = time.monotonic()
         metrics.run_started()
-        me = asyncio.current_task()
-
-        def on_cancel(action: str) -> None:
-            self._reasons.setdefault(run_id, action)
-            if me is not None:
-                me.cancel()
-
-        def on_lost() -> None:
-            self._reasons[run_id] = "lost"
-            if me is not None:
-                me.cancel()
-
         status, error = "error", None
         usage: dict[str, Any] = {}
         graph = self.registry.graph(run["graph_id"])
         config = run_config(run)
         try:
             async with keep_lease(
-                self.db, run_id, self.owner, self.settings.run_lease_s, on_cancel, on_lost
+                self.db,
+                run_id,
+                self.owner,
+                self.settings.run_lease_s,
+                lambda action: self._stop(run_id, action),
+                lambda: self._stop(run_id, "lost"),
             ):
                 if run["attempt"] > self.settings.run_max_attempts:
                     raise RunGaveUpError(
                         f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
                     )
-                await self.db.update_thread(thread_id, status="busy", graph_id=run["graph_id"])
-                status, usage = await self._run_graph(run, graph, config)
+                status, usage, thread_status = await self._run_graph(run, graph, config)
         except asyncio.CancelledError:
-            reason = self._reasons.pop(run_id, "interrupt")
+            reason = self._reasons.get(run_id, "interrupt")
             status = await self._after_cancel(run, graph, config, reason)
+        except LeaseLostError:  # taken over while writing events: the new owner carries on
+            status = "released"
         except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
             # and handoff Commands inside the graph; what reaches here failed the run. It is
             # recorded on the run, streamed as `event: error`, and the worker lives on.
             error = f"{type(exc).__name__}: {exc}"[:2000]
             log.warning("run %s failed: %s", run_id, error)
-            await self.events.append(
-                run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
-            )
-            await self.db.finish_run(run_id, "error", {}, error, owner=self.owner)
-            await self.db.update_thread(thread_id, status="error")
+            try:
+                await self.events.append(
+                    run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
+                )
+                await self.db.finish_run(
+                    run_id, "error", {}, error, owner=self.owner, thread_status="error"
+                )
+            except LeaseLostError:
+                status = "released"
         else:
-            await self.db.finish_run(run_id, status, usage, None, owner=self.owner)
+            await self.db.finish_run(
+                run_id, status, usage, None, owner=self.owner, thread_status=thread_status
+            )
         finally:
             self._tasks.pop(run_id, None)
             self._reasons.pop(run_id, None)
             if status != "released":
                 metrics.run_finished(status, time.monotonic() - started)
-            await self.signals.bump(run_id)
+            self.signals.wrote(run_id)
             self.wake()  # the thread's next queued run, if any
 
     async def _context(self, graph: Pregel, run: dict[str, Any]) -> Any:
-        overrides = run["kwargs"].get("context")
+        kw = run["kwargs"]
         if getattr(graph, "context_schema", None) is MarketingContext:
-            return await self.runner.context_for(run["thread_id"], overrides)
-        return overrides or None
+            if kw.get("resolved_context") is not None:  # resolved when the run was created
+                return parse_context(kw["resolved_context"])
+            return await self.runner.context_for(run["thread_id"], kw.get("context"))
+        return kw.get("context") or None
 
     async def _run_graph(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, dict[str, Any], str]:
+        """Stream the run into the event log; returns (run status, usage, thread status)."""
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
         before = await graph.aget_state(config)
         payload: Any
+        before_checkpoint: str | None = None
         if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
             payload = None  # this run already checkpointed: continue from there
             if not before.next:  # ... and had finished: only the bookkeeping was lost
-                return thread_status_of(before).replace("idle", "success"), {}
+                thread_status = thread_status_of(before)
+                return thread_status.replace("idle", "success"), {}, thread_status
         else:
             cmd = kw.get("command")
             payload = (
@@ -313,9 +373,8 @@ class Executor:
                 else kw.get("input")
             )
             if run["attempt"] == 1 or run.get("before_checkpoint_id") is None:
-                await self.db.set_run_fields(
-                    run_id, before_checkpoint_id=checkpoint_id_of(before.config) or ""
-                )
+                before_checkpoint = checkpoint_id_of(before.config) or ""
+        await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"], before_checkpoint)
         stream_config = dict(config)
         if kw.get("checkpoint_id") and payload is not None:
             stream_config["configurable"] = {
@@ -369,8 +428,11 @@ class Executor:
         for agent, u in usage.items():
             metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
         thread_status = thread_status_of(after)
-        await self.db.update_thread(run["thread_id"], status=thread_status)
-        return ("interrupted" if thread_status == "interrupted" else "success"), usage
+        return (
+            ("interrupted" if thread_status == "interrupted" else "success"),
+            usage,
+            thread_status,
+        )
 
     async def _after_cancel(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str
@@ -393,13 +455,16 @@ class Executor:
                 )
             elif before == "":  # the thread had no checkpoint before this run
                 await self.registry.checkpointer.adelete_thread(thread_id)
-            await self.db.delete_run(run_id)
-        else:
-            await self.db.finish_run(run_id, "interrupted", {}, "cancelled", owner=self.owner)
         snapshot = await graph.aget_state(config)
         others = [r for r in await self.db.active_runs(thread_id) if r["run_id"] != run_id]
         status = "busy" if any(r["status"] == "running" for r in others) else "idle"
         if status == "idle" and snapshot.interrupts:
             status = "interrupted"
-        await self.db.update_thread(thread_id, status=status)
+        if reason == "rollback":  # the thread's status first: waiters wake when the run is gone
+            await self.db.update_thread(thread_id, status=status)
+            await self.db.delete_run(run_id)
+        else:
+            await self.db.finish_run(
+                run_id, "interrupted", {}, "cancelled", owner=self.owner, thread_status=status
+            )
         return "interrupted"

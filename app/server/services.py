@@ -3,6 +3,7 @@ the same validation the CLI uses (`app.runner.Runner`)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -12,11 +13,13 @@ from langgraph.pregel import Pregel
 
 from app.db import AppDB, ThreadBusyError
 from app.errors import NotInterruptedError
-from app.runner import Runner
+from app.runner import Runner, ThreadView
 from app.server.auth import Principal
+from app.server.events import StoredEvent
 from app.server.executor import Executor
 from app.server.registry import Registry
 from app.server.schemas import RunCreate
+from app.server.serde import dumps
 from app.settings import Settings
 from graphs.context import MarketingContext
 
@@ -63,11 +66,11 @@ async def owned_thread(svc: Services, principal: Principal, thread_id: str) -> d
 async def owned_run(
     svc: Services, principal: Principal, thread_id: str, run_id: str
 ) -> dict[str, Any]:
-    await owned_thread(svc, principal, thread_id)
     row = await svc.db.get_run(run_id, tenant=principal.tenant, thread_id=thread_id)
     if row is None:
+        await owned_thread(svc, principal, thread_id)  # which of the two is missing
         raise not_found("run", run_id)
-    return row
+    return row  # a run of this tenant on this thread: the thread is the tenant's too
 
 
 def graph_of(svc: Services, thread: dict[str, Any]) -> Pregel:
@@ -118,15 +121,22 @@ async def create_run(
     stateless = thread_id is None  # a new thread of its own
     create_thread = stateless
     thread_id = thread_id or str(uuid.uuid4())
-    if not create_thread and await db.get_thread(thread_id, principal.tenant) is None:
+    row: dict[str, Any] | None = None
+    if stateless:  # a new id: nothing to read
+        view = ThreadView(thread_id, exists=False, status="new")
+    else:  # both reads at once (the view is not used unless the thread is the caller's)
+        row, view = await asyncio.gather(
+            db.get_thread(thread_id, principal.tenant), svc.runner.view(thread_id, graph)
+        )
+    if not create_thread and row is None:
         if body.if_not_exists != "create":
             raise not_found("thread", thread_id)
         create_thread = True
 
-    view = await svc.runner.view(thread_id, graph)
     ctx: MarketingContext | None = None
     if getattr(graph, "context_schema", None) is MarketingContext:
-        ctx = await svc.runner.context_for(thread_id, body.context)  # 422 names the field
+        saved = row["context"] if row else {}
+        ctx = await svc.runner.context_for(thread_id, body.context, saved)  # 422 names the field
     if body.command is not None and "resume" in body.command.model_fields_set:
         if not view.exists:
             raise NotInterruptedError(thread_id)
@@ -157,6 +167,8 @@ async def create_run(
         "checkpoint_id": body.checkpoint_id
         or (body.checkpoint.checkpoint_id if body.checkpoint else None),
         "on_disconnect": body.on_disconnect,
+        # the run executes with the context it was created with, wherever and whenever it runs
+        "resolved_context": ctx.model_dump() if ctx is not None else None,
     }
     if create_thread:  # only once the request is valid: bad input leaves nothing behind
         metadata: dict[str, Any] = {"graph_id": graph_id}
@@ -167,11 +179,11 @@ async def create_run(
         )
         if not created:
             raise HTTPException(409, f"thread id {thread_id!r} is taken: choose another")
-    if ctx is not None and body.context:
-        await db.update_thread(thread_id, context=ctx.model_dump())  # later runs reuse it
+    run_id = str(uuid.uuid4())
+    first_event = ("metadata", dumps({"run_id": run_id, "attempt": 1}))
     try:
         run, active = await db.enqueue_run(
-            run_id=str(uuid.uuid4()),
+            run_id=run_id,
             thread_id=thread_id,
             tenant=principal.tenant,
             assistant_id=body.assistant_id
@@ -181,13 +193,19 @@ async def create_run(
             kwargs=kwargs,
             metadata=body.metadata or {},
             multitask_strategy=body.multitask_strategy,
+            # the first event (the SDK learns the run id from it) is stored with the run, before
+            # any worker can start it: the run's events have one writer at a time, in id order
+            events=[first_event],
+            # later runs on the thread reuse the context it was given
+            thread_context=ctx.model_dump() if ctx is not None and body.context else None,
         )
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
-    # the first event (the SDK learns the run id from it) is stored now, not when a worker starts
-    await svc.executor.events.append(
-        run["run_id"], [("metadata", {"run_id": run["run_id"], "attempt": 1})]
-    )
+    # stored and committed: a stream of this new run may send it without reading it back
+    run["first_events"] = [
+        StoredEvent(i, name, data)
+        for i, (name, data) in zip(run.pop("event_ids"), [first_event], strict=True)
+    ]
     if body.multitask_strategy in ("interrupt", "rollback"):
         for other in active:
             await svc.executor.cancel(other, body.multitask_strategy)

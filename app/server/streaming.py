@@ -37,14 +37,11 @@ def stream_run(
         metrics.stream_opened()
         complete = False
         try:
-            async for ev in follow(
-                svc.db,
-                svc.executor.signals,
-                run_id,
-                after=after,
-                modes=modes,
-                poll_s=svc.settings.run_poll_interval_s,
-            ):
+            cursor = after
+            for ev in run.get("first_events") or () if after == 0 else ():
+                yield ServerSentEvent(data=ev.data, event=ev.event, id=str(ev.id))
+                cursor = ev.id  # a new run: its first event is known, no need to read it back
+            async for ev in follow(svc.db, svc.executor.signals, run_id, after=cursor, modes=modes):
                 yield ServerSentEvent(data=ev.data, event=ev.event, id=str(ev.id))
             complete = True
         finally:

@@ -95,7 +95,7 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
         "status": WIRE_RUN_STATUS.get(row["status"], row["status"]),
         "metadata": row.get("metadata") or {},
         "multitask_strategy": row.get("multitask_strategy") or "reject",
-        "kwargs": row.get("kwargs") or {},
+        "kwargs": {k: v for k, v in (row.get("kwargs") or {}).items() if k != "resolved_context"},
         "attempt": row.get("attempt", 0),
         "error": row.get("error"),
     }

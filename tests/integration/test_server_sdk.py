@@ -3,105 +3,39 @@ PostgreSQL, with the scripted model: assistants, threads, streamed runs with sub
 and tokens, the approval interrupt and its resume, state and history, join after a dropped
 connection (no gap, no duplicate), cancel, double texting, and `kill -9` of the server mid-run.
 
-One server serves the module; the kill test starts its own (on its own database)."""
+One server serves the module (on Postgres its runs execute in worker processes, the default);
+the kill test starts its own, with runs in the server process (`--workers 0`), and kills that
+(`test_server_workers.py` kills a worker under a living server)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from app.local_llm import free_port
 from tests.helpers import CAMPAIGN
+from tests.integration.serving import (
+    Server,
+    migrate,
+    outbox,
+    start_server,
+    stop_server,
+    user,
+)
+from tests.integration.serving import server_env as _env
 
 langgraph_sdk = pytest.importorskip("langgraph_sdk")
 from langgraph_sdk.errors import ConflictError, NotFoundError  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-MKT = [sys.executable, "-m", "app.cli"]
 PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
-START_TIMEOUT_S = 60.0
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def _env(dsn: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MKT_CRASH_AT", "OPENAI_API_KEY", "OPENAI_BASE_URL")
-    }
-    env.update(
-        MODEL_PROVIDER="scripted",
-        DATABASE_URL=dsn,
-        DATA_DIR=str(data_dir),
-        PYTHONUNBUFFERED="1",
-        LANGSMITH_TRACING="false",
-        SCRIPTED_LATENCY_MS="50",  # keeps runs in flight long enough to cancel or kill
-        RUN_SWEEP_INTERVAL_S="1",
-        **extra,
-    )
-    return env
-
-
-def start_server(env: dict[str, str], log_path: Path, port: int | None = None) -> Server:
-    port = port or free_port()
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [*MKT, "serve", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mkt serve exited ({proc.returncode}):\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/ok", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    pytest.fail(f"mkt serve did not answer /ok:\n{server.log()}")
-
-
-def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=10)
-
-
-def migrate(env: dict[str, str]) -> None:
-    subprocess.run([*MKT, "db", "migrate"], env=env, check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +46,7 @@ def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with fresh_database(pg_admin_dsn) as dsn:
         env = _env(dsn, tmp / "data")
         migrate(env)
-        srv = start_server(env, tmp / "server.log")
-        srv.dsn = dsn  # type: ignore[attr-defined]
+        srv = start_server(env, tmp / "server.log")  # Postgres: runs execute in worker processes
         try:
             yield srv
         except BaseException:
@@ -125,19 +58,6 @@ def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def client(server: Server) -> Any:
     return langgraph_sdk.get_client(url=server.url)
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-def outbox(dsn: str, thread_id: str) -> list[tuple[str, int]]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT artifact_id, version FROM outbox WHERE thread_id = %s ORDER BY artifact_id",
-            (thread_id,),
-        ).fetchall()
-    return [(r[0], r[1]) for r in rows]
 
 
 async def test_sdk_assistants_and_studio_calls(server: Server) -> None:
@@ -216,7 +136,7 @@ async def test_sdk_stream_approval_resume_state_and_history(server: Server) -> N
     assert [(s["platform"], s["status"]) for s in values["scheduled"]] == [
         ("linkedin", "scheduled")
     ]
-    assert outbox(server.dsn, tid) == [("post-linkedin", 1)]  # type: ignore[attr-defined]
+    assert outbox(server.dsn, tid) == [("post-linkedin", 1)]
     history = await c.threads.get_history(tid, limit=100)
     assert history[0]["checkpoint"] == (await c.threads.get_state(tid))["checkpoint"]
     assert any(h["interrupts"] for h in history)  # the state that waited for approval
@@ -304,7 +224,7 @@ async def test_kill_9_mid_run_then_restart_completes_and_publishes_once(
     log_path = tmp_path / "server.log"
     # the first server SIGKILLs itself right after writing the first outbox row, before the
     # checkpoint: the worst moment for exactly-once publishing
-    first = start_server({**env, "MKT_CRASH_AT": "after_outbox_write"}, log_path, port)
+    first = start_server({**env, "MKT_CRASH_AT": "after_outbox_write"}, log_path, port, workers=0)
     try:
         c = langgraph_sdk.get_client(url=first.url)
         tid = (await c.threads.create())["thread_id"]
@@ -319,7 +239,7 @@ async def test_kill_9_mid_run_then_restart_completes_and_publishes_once(
     finally:
         stop_server(first)
 
-    second = start_server(env, log_path, port)
+    second = start_server(env, log_path, port, workers=0)
     try:
         assert "resuming 1 run(s)" in second.log()
         c = langgraph_sdk.get_client(url=second.url)

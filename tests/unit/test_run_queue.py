@@ -160,12 +160,12 @@ async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> No
     await _thread(db, "t")
     await _enqueue(db, "t", "r")
     await db.claim_runs("w1", lease_until(30), 1)
-    signals = RunSignals()
+    signals = RunSignals(poll_s=0.05)
     first = await db.append_events("r", [("metadata", '{"run_id":"r"}'), ("values", '{"n":1}')])
     seen: list[int] = []
 
     async def reader(after: int) -> list[int]:
-        return [ev.id async for ev in follow(db, signals, "r", after=after, poll_s=0.05)]
+        return [ev.id async for ev in follow(db, signals, "r", after=after)]
 
     live = asyncio.create_task(reader(0))
     late = asyncio.create_task(reader(first[0]))
@@ -173,13 +173,17 @@ async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> No
     for n in range(2, 6):
         await asyncio.sleep(0.01)
         more += await db.append_events("r", [("values", f'{{"n":{n}}}')])
-        await signals.bump("r")
+        signals.bump("r")
     await db.finish_run("r", "success", {}, owner="w1")
-    await signals.bump("r")
+    signals.bump("r")
     seen = await asyncio.wait_for(live, 5)
     assert seen == first + more
     assert await asyncio.wait_for(late, 5) == first[1:] + more
     assert [ev.id async for ev in follow(db, signals, "r", after=more[-1])] == []
+    # joining a finished run ends after its stored events, without waiting for a wake-up
+    patient = RunSignals(poll_s=30.0)
+    tail = [ev.id async for ev in follow(db, patient, "r", after=more[-2])]
+    assert tail == more[-1:]
     assert parse_last_event_id(" 12 ") == 12 and parse_last_event_id("abc") == 0
 
 

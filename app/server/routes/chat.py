@@ -52,9 +52,7 @@ def _stream(svc: Services, run: dict[str, Any]) -> EventSourceResponse:
                 data=json.dumps({"type": "run", "thread_id": thread_id, "run_id": run_id}),
                 event="run",
             )
-            async for ev in follow(
-                svc.db, svc.executor.signals, run_id, poll_s=svc.settings.run_poll_interval_s
-            ):
+            async for ev in follow(svc.db, svc.executor.signals, run_id):
                 for out in _chat_events(ev.event, json.loads(ev.data)):
                     yield ServerSentEvent(data=json.dumps(out), event=out["type"], id=str(ev.id))
             final = await svc.db.get_run(run_id)

@@ -60,7 +60,7 @@ async def create_thread(body: ThreadCreate, svc: Svc, principal: Editor) -> dict
         raise HTTPException(
             409, f"thread {thread_id} already exists (send if_exists='do_nothing' to reuse it)"
         )
-    return await _thread_out(svc, row)
+    return thread_json(row, None)  # new: no state yet
 
 
 @router.post("/threads/search", summary="Search threads (metadata, status, ids)")

@@ -1,0 +1,222 @@
+"""The run queue on Postgres: notifications, one-statement enqueue and claim, and the event log's
+ordering guarantee with several writers:
+
+- every change a reader or worker waits for is announced by LISTEN/NOTIFY (payload = run id),
+  from the statement that makes it, and the listener fans it out in this process;
+- the listener survives losing its connection: readers poll meanwhile, and on reconnect every
+  watcher re-reads;
+- `enqueue` is one statement (run, first events, saved context); concurrent claims by several
+  workers (one statement, `SKIP LOCKED`) never run a thread twice and take each run once;
+- ids are BIGSERIAL, so writes of different runs commit out of id order; cursors are per run, so
+  a live reader still misses nothing; and one run's events stay in commit order across a
+  takeover, because the takeover waits for the old owner's write in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.db import (
+    CANCEL_CHANNEL,
+    QUEUE_CHANNEL,
+    RUN_CHANNEL,
+    AppDB,
+    LeaseLostError,
+    _PostgresBackend,
+    postgres_db,
+)
+from app.leases import lease_until
+from app.server.events import RunSignals, follow
+from app.server.notify import PgListener
+from app.storage import make_pool
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[tuple[AppDB, Any]]:
+    pool = make_pool(pg_dsn, 6)
+    await pool.open(wait=True)
+    db = postgres_db(pool)
+    await db.migrate()
+    try:
+        yield db, pool
+    finally:
+        await pool.close()
+
+
+async def _queued(db: AppDB, tid: str, rid: str) -> None:
+    await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
+    await db.enqueue_run(
+        run_id=rid,
+        thread_id=tid,
+        tenant="default",
+        assistant_id="supervisor",
+        graph_id="supervisor",
+        kwargs={},
+        metadata={},
+        multitask_strategy="enqueue",
+    )
+
+
+async def _until(check: Any, within_s: float = 5.0) -> None:
+    for _ in range(int(within_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_changes_are_announced_and_fanned_out_once_committed(
+    pg: tuple[AppDB, Any], pg_dsn: str
+) -> None:
+    db, _ = pg
+    signals = RunSignals(poll_s=30.0)  # a reader only wakes early if notified
+    heard: list[tuple[str, str]] = []
+    reconnects: list[int] = []
+
+    def record(channel: str) -> Any:
+        return lambda payload: heard.append((channel, payload))
+
+    def on_run(payload: str) -> None:
+        heard.append((RUN_CHANNEL, payload))
+        signals.bump(payload)
+
+    listener = PgListener(
+        pg_dsn,
+        {
+            RUN_CHANNEL: on_run,
+            CANCEL_CHANNEL: record(CANCEL_CHANNEL),
+            QUEUE_CHANNEL: record(QUEUE_CHANNEL),
+        },
+        signals,
+        on_reconnect=lambda: reconnects.append(1),
+    )
+    await listener.start()
+    try:
+        assert signals.via_db
+        await _queued(db, "t", "r")
+        await _until(lambda: (QUEUE_CHANNEL, "r") in heard)  # workers wake for a new run
+
+        await db.claim_runs("w1", lease_until(30), 1)
+        reader = asyncio.create_task(_collect(db, signals, "r"))
+        await asyncio.sleep(0.1)
+        first = await db.append_events("r", [("values", '{"n":1}')], owner="w1")
+        await _until(lambda: (RUN_CHANNEL, "r") in heard)
+
+        await db.request_cancel("r", "interrupt")  # running: its worker is told
+        await _until(lambda: (CANCEL_CHANNEL, "r") in heard)
+
+        heard.clear()
+        await db.finish_run("r", "interrupted", {}, owner="w1", thread_status="idle")
+        await _until(lambda: {(RUN_CHANNEL, "r"), (QUEUE_CHANNEL, "r")} <= set(heard))
+        # the reader got every event and the end of the run without waiting for its 30 s poll
+        assert await asyncio.wait_for(reader, 5) == first
+
+        # the listener's connection is killed: it reconnects, watchers re-read, and it hears on
+        assert listener._conn is not None
+        backend = listener._conn.info.backend_pid
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        await _until(lambda: bool(reconnects), within_s=15)
+        await _until(lambda: signals.via_db, within_s=15)
+        heard.clear()
+        await _queued(db, "t2", "r2")
+        await _until(lambda: (QUEUE_CHANNEL, "r2") in heard)
+    finally:
+        await listener.stop()
+    assert not signals.via_db
+
+
+async def _collect(db: AppDB, signals: RunSignals, run_id: str, after: int = 0) -> list[int]:
+    return [ev.id async for ev in follow(db, signals, run_id, after=after)]
+
+
+async def test_ids_of_different_runs_commit_out_of_order_and_live_readers_miss_nothing(
+    pg: tuple[AppDB, Any],
+) -> None:
+    db, pool = pg
+    for tid, rid in (("ta", "a"), ("tb", "b")):
+        await _queued(db, tid, rid)
+    await db.claim_runs("w", lease_until(30), 2)
+    signals = RunSignals(poll_s=0.05)
+    reader_a = asyncio.create_task(_collect(db, signals, "a"))
+    reader_b = asyncio.create_task(_collect(db, signals, "b"))
+    async with pool.connection() as conn, conn.transaction():
+        slow = AppDB(_PostgresBackend(pool, conn))  # run a's writer, its commit delayed
+        (early,) = await slow.append_events("a", [("values", '{"a":1}')], owner="w")
+        (late,) = await db.append_events("b", [("values", '{"b":1}')], owner="w")
+        assert early < late  # a smaller id, not yet visible, while a larger one is
+        await asyncio.sleep(0.2)  # b's reader has seen `late`; a's reader has seen nothing
+    signals.bump("a")
+    (more,) = await db.append_events("a", [("values", '{"a":2}')], owner="w")
+    for rid in ("a", "b"):
+        await db.finish_run(rid, "success", {}, owner="w")
+        signals.bump(rid)
+    assert await asyncio.wait_for(reader_a, 5) == [early, more]
+    assert await asyncio.wait_for(reader_b, 5) == [late]
+
+
+async def test_a_takeover_waits_for_the_old_owners_write_so_one_runs_events_stay_in_order(
+    pg: tuple[AppDB, Any],
+) -> None:
+    db, pool = pg
+    await _queued(db, "t", "r")
+    await db.claim_runs("old", lease_until(30), 1)
+    signals = RunSignals(poll_s=0.05)
+    reader = asyncio.create_task(_collect(db, signals, "r"))
+    async with pool.connection() as conn, conn.transaction():
+        stalled = AppDB(_PostgresBackend(pool, conn))  # the old owner's write, not committed
+        (old_id,) = await stalled.append_events("r", [("values", '{"by":"old"}')], owner="old")
+        requeue = asyncio.create_task(db.requeue_run("r", "old"))  # its lease expired
+        await asyncio.sleep(0.3)
+        assert not requeue.done()  # waits for the write in flight (share lock on the run)
+    assert await requeue
+    (run,) = await db.claim_runs("new", lease_until(30), 1)
+    assert run["attempt"] == 2
+    with pytest.raises(LeaseLostError):  # the old owner can no longer write ...
+        await db.append_events("r", [("values", '{"by":"old, late"}')], owner="old")
+    (new_id,) = await db.append_events("r", [("values", '{"by":"new"}')], owner="new")
+    assert old_id < new_id
+    await db.finish_run("r", "success", {}, owner="new")
+    signals.bump("r")
+    live = await asyncio.wait_for(reader, 5)
+    assert live == [old_id, new_id] == [e["id"] for e in await db.events_after("r", 0)]
+
+
+async def test_enqueue_is_one_statement_and_concurrent_claims_take_each_thread_once(
+    pg: tuple[AppDB, Any],
+) -> None:
+    db, _ = pg
+    for t in range(3):
+        await db.create_thread(f"t{t}", tenant="default", metadata={}, graph_id="supervisor")
+        for r in range(3):
+            run, active = await db.enqueue_run(
+                run_id=f"t{t}-r{r}",
+                thread_id=f"t{t}",
+                tenant="default",
+                assistant_id="supervisor",
+                graph_id="supervisor",
+                kwargs={},
+                metadata={},
+                multitask_strategy="enqueue",
+                events=[("metadata", f'{{"run":{r}}}'), ("values", "{}")],
+                thread_context={"brand_name": f"B{r}"},
+            )
+            assert active == []  # enqueue looks at no other run
+            stored = await db.events_after(run["run_id"], 0)
+            assert run["event_ids"] == [e["id"] for e in stored]
+            assert [e["event"] for e in stored] == ["metadata", "values"]
+    assert (await db.get_thread("t1") or {})["context"] == {"brand_name": "B2"}
+    claims = await asyncio.gather(*(db.claim_runs(f"w{n}", lease_until(30), 5) for n in range(6)))
+    claimed = [r["run_id"] for c in claims for r in c]
+    assert sorted(claimed) == ["t0-r0", "t1-r0", "t2-r0"]  # the oldest of each thread, once
+    assert await db.claim_runs("w9", lease_until(30), 5) == []  # each thread has a running run
+    owner = {r["run_id"]: r["lease_owner"] for c in claims for r in c}["t0-r0"]
+    assert await db.finish_run("t0-r0", "success", {}, owner=owner)
+    (nxt,) = await db.claim_runs("w9", lease_until(30), 5)
+    assert nxt["run_id"] == "t0-r1"

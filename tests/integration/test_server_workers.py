@@ -1,0 +1,207 @@
+"""`mkt serve --workers 1` on Postgres, driven by the official `langgraph-sdk`: runs execute in
+the worker process and stream live through the API process (LISTEN/NOTIFY, no polling: the poll
+intervals are set far above what the tests allow), interrupt and resume, cancel and rollback
+across processes without waiting for a heartbeat; `kill -9` of the worker mid-run: the server
+restarts it, the run completes from its checkpoint, each outbox item is written once; and a
+graceful stop takes the workers down with it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import CAMPAIGN
+from tests.integration.serving import (
+    Server,
+    alive,
+    migrate,
+    outbox,
+    run_row,
+    server_env,
+    start_server,
+    stop_server,
+    user,
+)
+
+langgraph_sdk = pytest.importorskip("langgraph_sdk")
+from langgraph_sdk.errors import NotFoundError  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
+# without notifications a stream would wait up to 30 s per batch and a worker 30 s to see a new
+# run, and a cancel would wait for the heartbeat (every 20 s): the tests below allow far less
+SLOW_POLLS = {
+    "RUN_POLL_INTERVAL_S": "30",
+    "NOTIFY_FALLBACK_POLL_S": "30",
+    "RUN_LEASE_S": "60",
+}
+PROMPT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.pg import fresh_database
+
+    tmp = tmp_path_factory.mktemp("workers")
+    with fresh_database(pg_admin_dsn) as dsn:
+        env = server_env(dsn, tmp / "data", **SLOW_POLLS)
+        migrate(env)
+        srv = start_server(env, tmp / "server.log", workers=1)
+        try:
+            yield srv
+        except BaseException:
+            print(srv.log())
+            raise
+        finally:
+            stop_server(srv)
+
+
+async def _until_running(c: Any, tid: str, rid: str) -> None:
+    for _ in range(200):
+        if (await c.runs.get(tid, rid))["status"] == "running":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the run never started")
+
+
+async def test_runs_execute_in_the_worker_and_stream_live_through_the_server(
+    server: Server,
+) -> None:
+    (worker,) = server.workers()
+    assert worker != server.proc.pid and "runs execute in 1 worker process(es)" in server.log()
+    c = langgraph_sdk.get_client(url=server.url)
+    tid = (await c.threads.create())["thread_id"]
+    t0 = time.monotonic()
+    owners, parts = set(), []
+    async for part in c.runs.stream(
+        tid,
+        "supervisor",
+        input=user(PUBLISH_REQUEST),
+        stream_mode=["updates", "messages-tuple"],
+        stream_subgraphs=True,
+    ):
+        parts.append(part)
+        if part.event.startswith("updates"):  # who runs it, while it runs
+            owners.add(run_row(server.dsn, parts[0].data["run_id"])["lease_owner"])
+    took = time.monotonic() - t0
+    assert took < PROMPT_S, f"{took:.1f} s: events waited for a poll instead of a notification"
+    assert {o.split(":")[1] for o in owners if o} == {str(worker)}  # the worker's pid
+    assert not [p for p in parts if p.event == "error"], parts
+    assert any(p.event.startswith("updates|social:") for p in parts)
+    assert any(p.event.startswith("messages|social:") for p in parts)  # tokens
+    ids = [int(p.id) for p in parts]
+    assert ids == sorted(set(ids))
+    interrupt = next(p.data for p in parts if p.event == "updates" and "__interrupt__" in p.data)
+    assert interrupt["__interrupt__"][0]["value"][0]["action_request"]["args"]["channel"]
+    assert (await c.threads.get(tid))["status"] == "interrupted"
+
+    result = await c.runs.wait(tid, "supervisor", command={"resume": {"type": "accept"}})
+    assert "__error__" not in result and "__interrupt__" not in result
+    assert (await c.threads.get(tid))["status"] == "idle"
+    assert outbox(server.dsn, tid) == [("post-linkedin", 1)]
+    assert [r["status"] for r in await c.runs.list(tid)] == ["success", "interrupted"]
+
+
+async def test_cancel_and_rollback_reach_the_worker_at_once(server: Server) -> None:
+    c = langgraph_sdk.get_client(url=server.url)
+    tid = (await c.threads.create())["thread_id"]
+    run = await c.runs.create(tid, "supervisor", input=user(CAMPAIGN))
+    await _until_running(c, tid, run["run_id"])
+    t0 = time.monotonic()
+    await c.runs.cancel(tid, run["run_id"], wait=True)
+    took = time.monotonic() - t0
+    assert took < PROMPT_S, f"cancel took {took:.1f} s: it waited for the heartbeat"
+    assert (await c.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    assert (await c.threads.get(tid))["status"] != "busy"
+    joined = [p.event async for p in c.runs.join_stream(tid, run["run_id"])]
+    assert joined[0] == "metadata"  # the stream of a cancelled run ends
+
+    before = await c.threads.get_state(tid)
+    doomed = await c.runs.create(tid, "supervisor", input=user(CAMPAIGN))
+    await _until_running(c, tid, doomed["run_id"])
+    t0 = time.monotonic()
+    await c.runs.cancel(tid, doomed["run_id"], wait=True, action="rollback")
+    assert time.monotonic() - t0 < PROMPT_S
+    with pytest.raises(NotFoundError):
+        await c.runs.get(tid, doomed["run_id"])
+    after = await c.threads.get_state(tid)
+    assert after["values"] == before["values"] and after["next"] == before["next"]
+
+
+async def test_kill_9_of_the_worker_mid_run_it_is_restarted_and_the_run_completes_once(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    # the worker SIGKILLs itself right after its first outbox write, before the checkpoint (the
+    # worst moment for exactly-once publishing); its replacement does not (MKT_CRASH_ONCE)
+    env = server_env(
+        pg_dsn,
+        tmp_path / "data",
+        MKT_CRASH_AT="after_outbox_write",
+        MKT_CRASH_ONCE=str(tmp_path / "crashed"),
+    )
+    migrate(env)
+    server = start_server(env, tmp_path / "server.log", workers=1)
+    try:
+        c = langgraph_sdk.get_client(url=server.url)
+        (first_worker,) = server.workers()
+        tid = (await c.threads.create())["thread_id"]
+        planned = await c.runs.create(tid, "supervisor", input=user(CAMPAIGN))
+        await _until_running(c, tid, planned["run_id"])
+        os.kill(first_worker, signal.SIGKILL)  # mid-run, from outside
+        result = await c.runs.join(tid, planned["run_id"])
+        assert "__interrupt__" in result, result  # the first approval, after a restart
+        assert run_row(pg_dsn, planned["run_id"])["attempt"] == 2
+        (second_worker,) = server.workers()
+        assert second_worker != first_worker and not alive(first_worker)
+
+        for _ in range(2):  # three items: the first two approvals just ask for the next one
+            await c.runs.wait(tid, "supervisor", command={"resume": {"type": "accept"}})
+        resume = await c.runs.create(tid, "supervisor", command={"resume": {"type": "accept"}})
+        result = await c.runs.join(tid, resume["run_id"])  # the worker crashes in this run
+        assert (tmp_path / "crashed").exists()
+        assert "__error__" not in result and "__interrupt__" not in result, result
+        assert (await c.runs.get(tid, resume["run_id"]))["attempt"] == 2
+        (third_worker,) = server.workers()
+        assert third_worker not in (first_worker, second_worker)
+        assert (await c.threads.get(tid))["status"] == "idle"
+        assert outbox(pg_dsn, tid) == [("blog", 1), ("post-linkedin", 1), ("post-x", 1)]
+        parts = [p async for p in c.runs.join_stream(tid, resume["run_id"])]
+        assert [p.data["attempt"] for p in parts if p.event == "metadata"] == [1, 2]
+        ids = [int(p.id) for p in parts]
+        assert ids == sorted(set(ids))  # no duplicate across the two attempts
+        log = server.log()
+        assert log.count("was killed by SIGKILL; restarting it") == 2
+    except BaseException:
+        print(server.log())
+        raise
+    finally:
+        stop_server(server)
+    assert server.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert "Finished server process" in server.log()
+    assert not alive(third_worker)  # a graceful stop takes the workers with it
+    assert f"mkt worker[{third_worker}]: stopped" in server.log()
+
+
+async def test_workers_of_a_killed_server_stop_by_themselves(pg_dsn: str, tmp_path: Path) -> None:
+    env = server_env(pg_dsn, tmp_path / "data")
+    migrate(env)
+    server = start_server(env, tmp_path / "server.log", workers=1)
+    try:
+        (worker,) = server.workers()
+        os.kill(server.proc.pid, signal.SIGKILL)  # the server only: workers have own sessions
+        server.proc.wait(10)
+        for _ in range(150):
+            if not alive(worker):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(worker), "an orphaned worker kept running"
+    finally:
+        stop_server(server)

@@ -1,0 +1,302 @@
+"""Worker processes and cross-process wake-ups, without Postgres (SQLite, subprocesses):
+
+- `RunSignals`: a bump wakes only that run's watchers; unwatched runs keep no state; while the
+  database delivers notifications, local writes do not wake twice;
+- the listener's fan-out of notifications to those signals and to the executor;
+- a cancel heard before its run's claim returned still stops the run;
+- `mkt worker` executes a queued run from another process and stops cleanly on SIGTERM;
+- `WorkerPool` (`mkt serve --workers N`): waits for ready, restarts a killed worker, reports a
+  worker that cannot start with its output, stops its workers with SIGTERM.
+
+The Postgres side (LISTEN/NOTIFY, cross-process streams, kill -9 of a worker) is covered by
+`tests/integration/test_queue_postgres.py` and `test_server_workers.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, AppDB, open_sqlite_db
+from app.server.events import RunSignals
+from app.server.executor import Executor
+from app.server.notify import PgListener
+from app.server.registry import Registry
+from app.server.supervisor import WorkerPool, WorkerStartError
+from app.server.worker import _watch_parent
+from app.settings import Settings
+
+
+# --- RunSignals --------------------------------------------------------------------------------
+async def test_a_bump_wakes_only_that_runs_watchers_and_unwatched_runs_keep_no_state() -> None:
+    signals = RunSignals(poll_s=5.0)
+    signals.bump("nobody-watches")
+    assert signals.watched == 0
+    with signals.watch("a") as a, signals.watch("b") as b:
+        seen_a, seen_b = a.version, b.version
+        wait_a = asyncio.create_task(a.wait_past(seen_a))
+        wait_b = asyncio.create_task(b.wait_past(seen_b))
+        await asyncio.sleep(0.01)
+        signals.bump("a")
+        await asyncio.wait_for(wait_a, 1.0)  # woken at once, not after the 5 s poll
+        assert not wait_b.done()
+        wait_b.cancel()
+        assert signals.watched == 2
+    assert signals.watched == 0  # state goes with the last watcher
+
+
+async def test_while_the_database_notifies_local_writes_do_not_wake_twice() -> None:
+    signals = RunSignals(poll_s=0.5, safety_poll_s=5.0)
+    with signals.watch("r") as watch:
+        signals.wrote("r")  # no listener: the writer wakes its readers itself
+        assert watch.version == 1 and signals.poll_interval() == 0.5
+        signals.via_db = True  # a listener is connected: the notification will wake them
+        signals.wrote("r")
+        assert watch.version == 1 and signals.poll_interval() == 5.0
+        signals.bump_all()  # after a gap in notifications every watcher reads again
+        assert watch.version == 2
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+async def test_the_listener_fans_notifications_out_to_signals_and_the_executor() -> None:
+    signals = RunSignals()
+    heard: list[tuple[str, str]] = []
+
+    def broken(_: str) -> None:
+        raise RuntimeError("a faulty handler")
+
+    listener = PgListener(
+        "postgresql://unused",
+        {
+            RUN_CHANNEL: signals.bump,
+            CANCEL_CHANNEL: lambda rid: heard.append(("cancel", rid)),
+            QUEUE_CHANNEL: lambda rid: heard.append(("queue", rid)),
+            "mkt_broken": broken,
+        },
+        signals,
+    )
+    with signals.watch("r1") as w1, signals.watch("r2") as w2:
+        listener.dispatch(RUN_CHANNEL, "r1")
+        listener.dispatch(CANCEL_CHANNEL, "r2")
+        listener.dispatch(QUEUE_CHANNEL, "r3")
+        listener.dispatch("mkt_broken", "r1")  # logged; the listener lives on
+        listener.dispatch("some_other_channel", "r1")  # ignored
+        listener.dispatch(RUN_CHANNEL, "r1")
+        assert (w1.version, w2.version) == (2, 0)
+    assert heard == [("cancel", "r2"), ("queue", "r3")]
+
+
+@pytest.fixture
+async def executor(runner: Any, settings: Settings) -> Any:
+    registry = Registry.load(runner.storage.checkpointer, settings.langgraph_config)
+    ex = Executor(runner, registry, settings.model_copy(update={"scripted_latency_ms": 200.0}))
+    ex.accepting = True  # claims only when told to (no loops)
+    yield ex
+    await ex.stop(0)
+
+
+async def _queue_run(db: AppDB, thread_id: str, run_id: str) -> None:
+    await db.create_thread(thread_id, tenant="default", metadata={}, graph_id="supervisor")
+    await db.enqueue_run(
+        run_id=run_id,
+        thread_id=thread_id,
+        tenant="default",
+        assistant_id="supervisor",
+        graph_id="supervisor",
+        kwargs={"input": {"messages": [{"role": "user", "content": "Write a blog post"}]}},
+        metadata={},
+        multitask_strategy="enqueue",
+    )
+
+
+async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
+    executor: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel is requested just after this worker's claim committed, and its notification
+    arrives before the claim's result: the worker remembers it and applies it once the run's task
+    exists, instead of waiting for the next heartbeat."""
+    db = executor.db
+    await _queue_run(db, "t", "r")
+    claim = db.claim_runs
+
+    async def claim_then_cancelled(*args: Any) -> list[dict[str, Any]]:
+        rows = await claim(*args)
+        await db.request_cancel("r", "interrupt")  # another process cancels ...
+        executor.cancel_notice("r")  # ... and its notification is heard here first
+        return rows
+
+    monkeypatch.setattr(db, "claim_runs", claim_then_cancelled)
+    await executor.claim()
+    assert executor.active == 1
+    await asyncio.wait_for(executor.wait_until_done("r"), 10)
+    run = await db.get_run("r")
+    assert run is not None and run["status"] == "interrupted" and run["error"] == "cancelled"
+    executor.cancel_notice("not-here")  # a run of another worker: only remembered, briefly
+    assert "not-here" in executor._cancel_notices
+
+
+# --- mkt worker ------------------------------------------------------------------------------
+def _worker_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "OPENAI_API_KEY")}
+    env.update(
+        MODEL_PROVIDER="scripted",
+        DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+        LANGSMITH_TRACING="false",
+        RUN_POLL_INTERVAL_S="0.1",
+    )
+    return env
+
+
+async def _read_until(proc: asyncio.subprocess.Process, needle: str, within_s: float) -> str:
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
+        except TimeoutError:
+            break
+        if not line:
+            break
+        seen += line.decode()
+        if needle in seen:
+            return seen
+    raise AssertionError(f"{needle!r} not seen; output:\n{seen}")
+
+
+async def test_mkt_worker_executes_queued_runs_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    db, conn = await open_sqlite_db(data / "mkt.sqlite")
+    try:
+        await db.migrate()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            env=_worker_env(data),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            ready = await _read_until(proc, "ready:", 60)
+            assert f"mkt worker[{proc.pid}]: ready: up to 8 runs at once" in ready
+            await _queue_run(db, "t", "r")  # as `mkt serve` would, from another process
+            for _ in range(300):
+                run = await db.get_run("r")
+                if run is not None and run["status"] not in ("pending", "running"):
+                    break
+                await asyncio.sleep(0.1)
+            assert run is not None and run["status"] == "success", run
+            assert run["attempt"] == 1 and run["lease_owner"] is None
+            events = [e["event"] for e in await db.events_after("r", 0)]
+            assert events and set(events) == {"values"}  # stored by the worker (default mode)
+            assert (await db.get_thread("t") or {})["status"] == "idle"
+            proc.send_signal(signal.SIGTERM)
+            out = await _read_until(proc, "stopped", 30)
+            assert "stopping: 0 active run(s)" in out
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_whose_server_is_gone_stops_by_itself() -> None:
+    stop = asyncio.Event()
+    await asyncio.wait_for(_watch_parent(os.getppid() + 10_000_000, stop), 5)
+    assert stop.is_set()
+
+
+# --- mkt serve --workers N: the supervisor ----------------------------------------------------
+FAKE_WORKER = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (print('stopped', flush=True), sys.exit(0)))\n"
+    "print(f'mkt worker[{os.getpid()}]: ready: fake', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+async def test_the_pool_restarts_a_killed_worker_and_stops_workers_with_sigterm(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    said: list[str] = []
+    pool = WorkerPool(2, grace_s=1.0, command=[sys.executable, "-c", FAKE_WORKER], say=said.append)
+    await pool.start()
+    try:
+        first = pool.pids
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        out = ""
+        for _ in range(200):
+            out += capsys.readouterr().out
+            if out.count("ready:") == 3:  # the replacement is up (and handles SIGTERM)
+                break
+            await asyncio.sleep(0.05)
+        assert len(pool.pids) == 2 and first[1] in pool.pids and first[0] not in pool.pids
+        assert pool.restarts == 1
+        assert f"worker {first[0]} was killed by SIGKILL; restarting it" in said[0]
+    finally:
+        await pool.stop()
+    assert pool.pids == []
+    assert capsys.readouterr().out.count("stopped") == 2  # each got SIGTERM and said so
+
+
+async def test_a_worker_that_cannot_start_fails_the_start_with_its_output() -> None:
+    pool = WorkerPool(
+        1,
+        grace_s=1.0,
+        command=[sys.executable, "-c", "print('error: run `mkt db migrate` first'); exit(2)"],
+        say=lambda _: None,
+    )
+    with pytest.raises(WorkerStartError, match=r"exited with code 2:\nerror: run `mkt db migrate`"):
+        await pool.start()
+    assert pool.pids == []
+
+
+def test_worker_processes_default_to_one_per_cpu_but_one_on_postgres_and_none_on_sqlite(
+    settings: Settings,
+) -> None:
+    from app.server.app import worker_count
+
+    postgres = settings.model_copy(
+        update={"database_url": SecretStr("postgresql://db/x"), "qdrant_url": "http://qdrant:6333"}
+    )
+    assert worker_count(settings, cpus=8) == 0  # SQLite: runs execute in the server process
+    assert [worker_count(postgres, cpus=n) for n in (1, 2, 3, 8, 64)] == [1, 1, 2, 4, 4]
+    assert worker_count(postgres.model_copy(update={"serve_workers": 3})) == 3  # SERVE_WORKERS
+    assert worker_count(postgres.model_copy(update={"serve_workers": 3}), 0) == 0  # --workers
+    # the embedded knowledge base (no QDRANT_URL) is open in one process: one worker by default
+    embedded = postgres.model_copy(update={"qdrant_url": None})
+    assert [worker_count(embedded, cpus=n) for n in (2, 8)] == [1, 1]
+
+
+def test_several_workers_on_the_embedded_knowledge_base_are_refused_with_the_fix(
+    settings: Settings,
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.server.app import EmbeddedStoreError, check_workers_and_store, create_app
+
+    check_workers_and_store(settings, 1)
+    check_workers_and_store(settings.model_copy(update={"qdrant_url": "http://q:6333"}), 4)
+    with pytest.raises(EmbeddedStoreError, match="QDRANT_URL"):
+        check_workers_and_store(settings, 2)
+    with pytest.raises(EmbeddedStoreError, match="--workers 1"):
+        create_app(settings, workers=3)
+    result = CliRunner().invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "QDRANT_URL" in " ".join(result.output.split())
