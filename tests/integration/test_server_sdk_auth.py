@@ -15,15 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_server_sdk import (
-    MKT,
-    Server,
-    _env,
-    migrate,
-    start_server,
-    stop_server,
-    user,
-)
+from tests.integration.serving import MKT, Server, migrate, start_server, stop_server, user
+from tests.integration.serving import server_env as _env
 
 langgraph_sdk = pytest.importorskip("langgraph_sdk")
 from langgraph_sdk.errors import NotFoundError, PermissionDeniedError  # noqa: E402
