@@ -41,18 +41,6 @@ from tools.knowledge import DEFAULT_TENANT
 
 log = logging.getLogger("mkt.server")
 
-# stream modes a client may ask for; `messages` is served in the `messages-tuple` shape
-CLIENT_MODES = {
-    "values",
-    "updates",
-    "messages",
-    "messages-tuple",
-    "custom",
-    "debug",
-    "tasks",
-    "checkpoints",
-}
-
 
 class RunGaveUpError(RuntimeError):
     pass
