@@ -93,9 +93,12 @@ def test_log_records_are_redacted_for_every_logger(
 ) -> None:
     # uvicorn's logging config (applied by any earlier test that ran a server in this process)
     # stops `uvicorn.access` from propagating to the root logger, where caplog listens
+    # (and may have raised its level)
     access = logging.getLogger("uvicorn.access")
     monkeypatch.setattr(access, "propagate", True)
     monkeypatch.setattr(access, "disabled", False)
+    level = access.level
+    access.setLevel(logging.INFO)  # setLevel also clears the loggers' isEnabledFor caches
     _, token = new_token()
     install_log_redaction(["my-configured-provider-key"])
     try:
@@ -112,6 +115,7 @@ def test_log_records_are_redacted_for_every_logger(
                 logging.getLogger("app").exception("request failed")
     finally:
         uninstall_log_redaction()
+        access.setLevel(level)
     assert token not in caplog.text
     assert "my-configured-provider-key" not in caplog.text
     assert '"GET /x?key=mkt_' in caplog.text and " 200" in caplog.text  # %d still formats
