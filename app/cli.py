@@ -834,6 +834,18 @@ def serve(
 def worker(
     provider: ProviderOpt = None,
     parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this worker's Prometheus series at /metrics on this port (0: a free "
+            "one). Workers started by `mkt serve` need none: the server's /metrics has theirs.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Bind address of --metrics-port (no authentication there).")
+    ] = "127.0.0.1",
 ) -> None:
     """Execute queued runs without serving HTTP: claim runs from the database queue, run them
     with heartbeats, take over runs of stopped workers, and on SIGTERM finish or release the
@@ -841,18 +853,26 @@ def worker(
     against the same Postgres database to scale out (WORKER_CONCURRENCY runs each).
 
     Example:\n
-      DATABASE_URL=postgresql://... mkt worker
+      DATABASE_URL=postgresql://... mkt worker --metrics-port 9464
     """
     import psycopg
     import psycopg_pool
 
+    from app.server.metrics import MetricsPortError
     from app.server.registry import GraphConfigError
     from app.server.worker import run_worker
 
     settings = apply_provider_override(provider)
     try:
-        code = _run(run_worker(settings, parent_pid=parent_pid))
-    except GraphConfigError as exc:
+        code = _run(
+            run_worker(
+                settings,
+                parent_pid=parent_pid,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+            )
+        )
+    except (GraphConfigError, MetricsPortError) as exc:
         _fail(str(exc))
     except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
         _fail(f"cannot reach the database ({exc}): check DATABASE_URL and that it is running")

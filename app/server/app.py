@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.bootstrap import open_runner
 from app.errors import AppError
+from app.server import metrics
 from app.server.auth import InsecureBindError, startup_check
 from app.server.registry import Registry
 from app.server.routes import assistants, chat, keys, meta, runs, threads
@@ -73,6 +77,25 @@ def check_workers_and_store(settings: Settings, n_workers: int) -> None:
         )
 
 
+@asynccontextmanager
+async def shared_metrics(n_workers: int) -> AsyncIterator[Path | None]:
+    """With worker processes, the server and its workers keep their Prometheus series in one
+    directory (`app.server.metrics`): PROMETHEUS_MULTIPROC_DIR when set (emptied at start), else
+    a temporary one removed at shutdown."""
+    if not n_workers:
+        yield None
+        return
+    given = os.environ.get(metrics.MULTIPROC_ENV)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="mkt-metrics-"))
+    metrics.enable_multiprocess(path)
+    try:
+        yield path
+    finally:
+        metrics.disable_multiprocess()
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def create_app(
     settings: Settings | None = None, *, host: str = "127.0.0.1", workers: int | None = None
 ) -> FastAPI:
@@ -97,7 +120,10 @@ def create_app(
             if not n_workers:  # the model runs here
                 await asyncio.to_thread(runner.factory.ensure_ready)
             registry = Registry.load(runner.storage.checkpointer, s.langgraph_config)
-            async with open_executor(runner, registry, s, execute=not n_workers) as executor:
+            async with (
+                open_executor(runner, registry, s, execute=not n_workers) as executor,
+                shared_metrics(n_workers),
+            ):
                 pool = (
                     WorkerPool(n_workers, grace_s=s.shutdown_grace_s, say=_say)
                     if n_workers

@@ -322,8 +322,8 @@ class Executor:
         finally:
             self._tasks.pop(run_id, None)
             self._reasons.pop(run_id, None)
-            if status != "released":
-                metrics.run_finished(status, time.monotonic() - started)
+            # "released": handed back to the queue (lease lost, shutdown); another attempt follows
+            metrics.run_finished(status, time.monotonic() - started)
             self.signals.wrote(run_id)
             self.wake()  # the thread's next queued run, if any
 

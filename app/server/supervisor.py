@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from app.server import metrics
 from app.server.worker import READY
 
 
@@ -132,6 +133,7 @@ class WorkerPool:
                     proc.send_signal(signal.SIGTERM)
             await self._relay(slot, proc)
             code = await proc.wait()
+            metrics.process_dead(proc.pid)  # its active runs and streams no longer count
             if self._stopping:
                 return
             if not slot.ready.done():

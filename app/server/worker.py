@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from app.bootstrap import open_runner
 from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL
 from app.runner import Runner
+from app.server import metrics
 from app.server.executor import Executor
 from app.server.notify import Handler, PgListener
 from app.server.registry import Registry
@@ -76,11 +77,18 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
+async def run_worker(
+    settings: Settings,
+    *,
+    parent_pid: int | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> int:
     """The `mkt worker` process: execute runs until SIGTERM/SIGINT (or, when started by a
     server, until that server is gone); then stop claiming, give active runs
     `SHUTDOWN_GRACE_S` to finish and release the rest to the queue. A second signal exits at
-    once (its runs resume from their last checkpoint elsewhere)."""
+    once (its runs resume from their last checkpoint elsewhere). With `metrics_port` it serves
+    its Prometheus series at `http://metrics_host:metrics_port/metrics`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -92,6 +100,10 @@ async def run_worker(settings: Settings, *, parent_pid: int | None = None) -> in
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    scrape = ""
+    if metrics_port is not None:  # first: a taken port fails the start at once
+        bound = metrics.serve_http(metrics_port, metrics_host)
+        scrape = f" · metrics at http://{metrics_host}:{bound}/metrics"
     # the knowledge base opens now, so a held embedded store fails the start, not a run
     async with open_runner(settings, eager_knowledge_base=True) as runner:
         info = await asyncio.to_thread(runner.factory.ensure_ready)
@@ -104,7 +116,7 @@ async def run_worker(settings: Settings, *, parent_pid: int | None = None) -> in
             )
             _say(
                 f"{READY} up to {settings.worker_concurrency} runs at once · model "
-                f"{info.describe()} · storage {runner.storage.description}{resumed}"
+                f"{info.describe()} · storage {runner.storage.description}{scrape}{resumed}"
             )
             watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
             await stop.wait()

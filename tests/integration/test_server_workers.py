@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import CAMPAIGN
 from tests.integration.serving import (
@@ -64,6 +66,25 @@ def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             stop_server(srv)
 
 
+async def no_active_runs(server: Server) -> None:
+    """The worker lowers its gauge just after it stores the run's end, which the client sees."""
+    for _ in range(100):
+        if scrape(server)[("mkt_active_runs", ())] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"mkt_active_runs stayed {scrape(server)[('mkt_active_runs', ())]}")
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The server's /metrics as {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 async def _until_running(c: Any, tid: str, rid: str) -> None:
     for _ in range(200):
         if (await c.runs.get(tid, rid))["status"] == "running":
@@ -108,6 +129,14 @@ async def test_runs_execute_in_the_worker_and_stream_live_through_the_server(
     assert (await c.threads.get(tid))["status"] == "idle"
     assert outbox(server.dsn, tid) == [("post-linkedin", 1)]
     assert [r["status"] for r in await c.runs.list(tid)] == ["success", "interrupted"]
+
+    # the server's /metrics counts what its worker executed (shared multiprocess files)
+    seen = scrape(server)
+    assert seen[("mkt_runs_total", (("status", "success"),))] >= 1
+    assert seen[("mkt_runs_total", (("status", "interrupted"),))] >= 1
+    assert seen[("mkt_run_duration_seconds_count", (("status", "success"),))] >= 1
+    assert seen[("mkt_tokens_total", (("agent", "social"), ("direction", "output")))] > 0
+    await no_active_runs(server)
 
 
 async def test_cancel_and_rollback_reach_the_worker_at_once(server: Server) -> None:
@@ -179,6 +208,9 @@ async def test_kill_9_of_the_worker_mid_run_it_is_restarted_and_the_run_complete
         assert ids == sorted(set(ids))  # no duplicate across the two attempts
         log = server.log()
         assert log.count("was killed by SIGKILL; restarting it") == 2
+        # the killed workers' runs count, their live gauges do not
+        assert scrape(server)[("mkt_runs_started_total", ())] == 6  # 4 runs, 2 started twice
+        await no_active_runs(server)
     except BaseException:
         print(server.log())
         raise
