@@ -97,6 +97,7 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
         LANGSMITH_TEST_TRACKING="false",
         LANGGRAPH_CLI_NO_ANALYTICS="1",
         LANGGRAPH_NO_VERSION_CHECK="1",
+        RATE_LIMIT="",  # the load is the point: no 429s (one client sends hundreds of runs)
         **extra,
     )
     return env
@@ -400,6 +401,94 @@ async def measure_overhead(url: str, run_in_process: Any, pairs: int) -> Paired:
     return paired
 
 
+@dataclass
+class Held:
+    """TTFE of new streams opened one by one while `held` streams are open (no burst)."""
+
+    held: int
+    ttfe_ms: list[float] = field(default_factory=list)
+    open_at_probe: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "held": self.held,
+            "probes": len(self.ttfe_ms),
+            "errors": self.errors[:20],
+            "ttfe_ms": summary(self.ttfe_ms),
+            "ttfe_samples": [round(v, 2) for v in self.ttfe_ms],
+            "open_at_probe": summary([float(n) for n in self.open_at_probe]),
+        }
+
+
+async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) -> Held:
+    """`held` streams are kept open — started one every 10 ms (no burst), each followed to its
+    run's end and replaced by a new one — and once all have started, a new stream starts every
+    `gap_s` regardless of the others (independent users) and is closed at its first event (its
+    run carries on). Those probes' TTFE is the time to first event *at* `held` concurrent
+    streams, with runs executing and streaming meanwhile."""
+    result = Held(held)
+    client = sdk_client(url, connections=held + probes + 10)
+    open_now = started = 0
+    all_started = asyncio.Event()
+    stop = asyncio.Event()
+    body = {"messages": [{"role": "user", "content": REQUEST}]}
+
+    async def hold() -> None:
+        nonlocal open_now, started
+        while not stop.is_set():
+            thread = await client.threads.create()
+            counted = False
+            try:
+                async for _ in client.runs.stream(
+                    thread["thread_id"], "supervisor", input=body, stream_mode="updates"
+                ):
+                    if not counted:
+                        counted = True
+                        open_now += 1
+                        started += 1
+                        if started >= held:
+                            all_started.set()
+            finally:
+                if counted:
+                    open_now -= 1
+
+    async def probe() -> None:
+        thread = await client.threads.create()
+        result.open_at_probe.append(open_now)
+        t0 = time.perf_counter()
+        async for _ in client.runs.stream(
+            thread["thread_id"], "supervisor", input=body, stream_mode="updates"
+        ):
+            result.ttfe_ms.append((time.perf_counter() - t0) * 1000)
+            break
+
+    holders = []
+    for _ in range(held):
+        holders.append(asyncio.create_task(hold()))
+        await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(all_started.wait(), 120)
+        tasks = []
+        for _ in range(probes):
+            tasks.append(asyncio.create_task(probe()))
+            await asyncio.sleep(gap_s)
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                result.errors.append(f"{type(outcome).__name__}: {outcome}"[:200])
+    except TimeoutError:
+        result.errors.append(f"only {started} of {held} held streams started within 120 s")
+    finally:
+        stop.set()
+        for task in holders:
+            task.cancel()
+        for outcome in await asyncio.gather(*holders, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                result.errors.append(f"held stream: {type(outcome).__name__}: {outcome}"[:200])
+        await client.http.client.aclose()
+    return result
+
+
 async def idle_stream_memory(server: ServerProc, streams: int) -> dict[str, Any]:
     """RSS growth per open join stream on a run that is stuck in a (simulated) model call."""
     client = sdk_client(server.url, connections=8)
@@ -456,12 +545,15 @@ class Options:
     skip_peer: bool
     out: Path
     workers: list[int | None] = field(default_factory=lambda: [None])
+    held_streams: int = 100
+    probes: int = 40
 
 
 @dataclass
 class Results:
     levels: dict[str, list[Level]] = field(default_factory=dict)
     paired: dict[str, Paired] = field(default_factory=dict)
+    held: dict[str, Held] = field(default_factory=dict)
     idle: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -498,6 +590,14 @@ async def measure(opts: Options, console: Console) -> Results:
                         console.print(f"{name}: {n} concurrent stream(s) × {opts.rounds} runs …")
                         level = await measure_level(server.url, n, opts.rounds)
                         results.levels[name].append(level)
+                    if opts.held_streams:
+                        console.print(
+                            f"{name}: {opts.probes} new streams while {opts.held_streams} are "
+                            "open …"
+                        )
+                        results.held[name] = await measure_held(
+                            server.url, opts.held_streams, opts.probes
+                        )
         if opts.idle_streams:
             slow = {"SCRIPTED_LATENCY_MS": str(IDLE_MODEL_LATENCY_MS)}
             idle_targets: list[tuple[str, Any]] = [
@@ -527,8 +627,18 @@ def verdicts(results: Results) -> list[tuple[bool | None, str]]:
             out.append(
                 (
                     p95 < TTFE_P95_TARGET_MS,
-                    f"{name}: p95 time to first event at {top.streams} streams: {_f(p95)} ms "
-                    f"(target < {TTFE_P95_TARGET_MS:.0f} ms)",
+                    f"{name}: p95 time to first event, {top.streams} streams started at once "
+                    f"and rounds after: {_f(p95)} ms (target < {TTFE_P95_TARGET_MS:.0f} ms)",
+                )
+            )
+        held = results.held.get(name)
+        if held is not None and held.ttfe_ms:
+            p95 = percentile(held.ttfe_ms, 95)
+            out.append(
+                (
+                    p95 < TTFE_P95_TARGET_MS,
+                    f"{name}: p95 time to first event of a new stream while {held.held} "
+                    f"streams are open: {_f(p95)} ms (target < {TTFE_P95_TARGET_MS:.0f} ms)",
                 )
             )
         paired = results.paired.get(name)
@@ -611,6 +721,24 @@ def print_report(results: Results, console: Console) -> None:
                 f"{percentile(lv.run_ms, 50) / base:.2f}×" if base else "",
             )
     console.print(table)
+    if results.held:
+        held = Table(title="New streams while others are open (one every 50 ms, no burst)")
+        for col in ("server", "open", "probes", "err", "TTFE p50", "TTFE p95", "TTFE max"):
+            held.add_column(col, justify="left" if col == "server" else "right")
+        for name, h in results.held.items():
+            if not h.ttfe_ms:
+                held.add_row(name, str(h.held), "0", str(len(h.errors)), "", "", "")
+                continue
+            held.add_row(
+                name,
+                f"{min(h.open_at_probe)}–{max(h.open_at_probe)}",
+                str(len(h.ttfe_ms)),
+                str(len(h.errors)),
+                _f(percentile(h.ttfe_ms, 50)),
+                _f(percentile(h.ttfe_ms, 95)),
+                _f(max(h.ttfe_ms)),
+            )
+        console.print(held)
     if results.idle:
         idle = Table(title="Memory per idle open stream (join stream on a run in a model call)")
         for col in ("server", "streams", "RSS before MB", "RSS after MB", "per stream KB"):
@@ -636,6 +764,11 @@ def print_report(results: Results, console: Console) -> None:
                 console.print(
                     f"[yellow]{name} @ {lv.streams}: {len(lv.errors)} errors[/], e.g. {lv.errors[0]}"
                 )
+    for name, h in results.held.items():
+        if h.errors:
+            console.print(
+                f"[yellow]{name} held streams: {len(h.errors)} errors[/], e.g. {h.errors[0]}"
+            )
     for name, reason in results.skipped.items():
         console.print(f"[yellow]{name} skipped:[/] {reason}")
 
@@ -654,6 +787,8 @@ def write_json(results: Results, opts: Options, started: datetime, took_s: float
                 "overhead_runs": opts.overhead_runs,
                 "workers": opts.workers,
                 "idle_streams": opts.idle_streams,
+                "held_streams": opts.held_streams,
+                "probes": opts.probes,
                 "skip_peer": opts.skip_peer,
             },
             "request": REQUEST,
@@ -669,6 +804,7 @@ def write_json(results: Results, opts: Options, started: datetime, took_s: float
         },
         "overhead_pairs": {name: p.to_json() for name, p in results.paired.items()},
         "servers": {name: [lv.to_json() for lv in lvs] for name, lvs in results.levels.items()},
+        "held_streams": {name: h.to_json() for name, h in results.held.items()},
         "idle_stream_memory": results.idle,
         "skipped": results.skipped,
     }
@@ -705,6 +841,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--idle-streams", type=int, default=200, help="open streams for the memory test (0 = skip)"
     )
+    parser.add_argument(
+        "--held-streams",
+        type=int,
+        default=100,
+        help="streams kept open while new ones are timed, one every 50 ms (0 = skip; 100)",
+    )
+    parser.add_argument(
+        "--probes", type=positive, default=40, help="new streams timed while others are open (40)"
+    )
     parser.add_argument("--skip-peer", action="store_true", help="do not measure langgraph dev")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file ({DEFAULT_OUT})")
     ns = parser.parse_args(argv)
@@ -728,6 +873,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         ns.skip_peer,
         ns.out,
         workers,
+        max(0, ns.held_streams),
+        ns.probes,
     )
 
 
