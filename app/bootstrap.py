@@ -4,7 +4,7 @@ base, runner."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from app.knowledge import open_knowledge_base
@@ -31,6 +31,8 @@ async def open_runner(
     runner_cls: type[Runner] = Runner,
     knowledge_base: bool = True,
     eager_knowledge_base: bool = False,
+    knowledge_base_wait_s: float = 0.0,
+    say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Runner]:
     """Install the model factory, open storage and the knowledge base (lazily unless
     `eager_knowledge_base`; see `app.knowledge`) for one process (or one eval run); a test may
@@ -41,7 +43,11 @@ async def open_runner(
     try:
         async with AsyncExitStack() as stack:
             if knowledge_base:
-                await stack.enter_async_context(open_knowledge_base(s, eager=eager_knowledge_base))
+                await stack.enter_async_context(
+                    open_knowledge_base(
+                        s, eager=eager_knowledge_base, wait_s=knowledge_base_wait_s, say=say
+                    )
+                )
             storage = await stack.enter_async_context(open_storage(s, migrate=migrate))
             runner = runner_cls(storage, factory)
             try:

@@ -893,12 +893,16 @@ class AppDB:
         *,
         owner: str | None = None,
         thread_status: str | None = None,
+        end_event: bool = False,
     ) -> bool:
         """Record the end of a run; with `owner`, only while that owner still holds it. With
         `thread_status`, the thread's status is set in the same statement (Postgres) or
-        transaction (SQLite), and only if the run was finished here. Postgres tells the run's
-        streams and the workers (the thread's next queued run may start) at commit."""
+        transaction (SQLite), and only if the run was finished here. With `end_event`, the run's
+        last event, `end` `{"run_id", "status"}`, is stored with it (a stream's final read has
+        it; the SDK then knows the run ended without asking). Postgres tells the run's streams
+        and the workers (the thread's next queued run may start) at commit."""
         now = iso_us(utcnow())
+        end_data = json.dumps({"run_id": run_id, "status": status}, separators=(",", ":"))
         sql = (
             "UPDATE runs SET status = ?, usage = ?, error = ?, ended_at = ?, updated_at = ?,"
             " lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?"
@@ -917,6 +921,12 @@ class AppDB:
                     " WHERE thread_id IN (SELECT thread_id FROM changed))"
                 )
                 params += [thread_status, now]
+            if end_event:
+                also += (
+                    ", ended AS (INSERT INTO run_events (run_id, event, data, created_at)"
+                    " SELECT run_id, 'end', ?, ? FROM changed)"
+                )
+                params += [end_data, now]
             notify = f"'{RUN_CHANNEL}'", f"'{QUEUE_CHANNEL}'"
             rows = await self._b.fetchall(self._notifying(sql, *notify, also=also), params)
             return len(rows) == 1
@@ -924,6 +934,11 @@ class AppDB:
             rows = await tx.fetchall(sql, params)
             if rows and thread_status is not None:
                 await tx.execute(thread_sql, (thread_status, now, rows[0]["thread_id"]))
+            if rows and end_event:
+                await tx.execute(
+                    "INSERT INTO run_events (run_id, event, data, created_at) VALUES (?, 'end', ?, ?)",
+                    (run_id, end_data, now),
+                )
         return len(rows) == 1
 
     async def get_run(

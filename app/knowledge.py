@@ -14,12 +14,13 @@ point all of them at one Qdrant server with QDRANT_URL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from app.settings import Settings, get_settings
-from tools.knowledge import set_knowledge_base
+from tools.knowledge import KnowledgeBaseLockedError, set_knowledge_base
 
 if TYPE_CHECKING:  # qdrant-client takes a second or two to import: only when a KB is opened
     from tools.qdrant_kb import QdrantKnowledgeBase
@@ -27,15 +28,36 @@ if TYPE_CHECKING:  # qdrant-client takes a second or two to import: only when a 
 
 @asynccontextmanager
 async def open_knowledge_base(
-    settings: Settings | None = None, *, eager: bool = False
+    settings: Settings | None = None,
+    *,
+    eager: bool = False,
+    wait_s: float = 0.0,
+    say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[QdrantKnowledgeBase]:
     """Create the Qdrant knowledge base, install it for the graphs (`tools.knowledge`), and close
-    it (releasing the local folder lock) on exit."""
+    it (releasing the local folder lock) on exit. `eager` opens it now; while another process
+    holds the embedded store it then retries for up to `wait_s` (a worker of a killed server
+    finishing its runs lets go within its grace period), telling `say` once."""
     from tools.qdrant_kb import QdrantKnowledgeBase
 
     kb = QdrantKnowledgeBase(settings or get_settings())
     if eager:
-        await asyncio.to_thread(kb.open)
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            try:
+                await asyncio.to_thread(kb.open)
+                break
+            except KnowledgeBaseLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                if say is not None and not told:
+                    say(
+                        "the knowledge base is open in another process (a worker of a stopped "
+                        f"server finishing its runs?): waiting up to {wait_s:g} s for it"
+                    )
+                    told = True
+                await asyncio.sleep(0.5)
     previous = set_knowledge_base(kb)
     try:
         yield kb

@@ -10,6 +10,11 @@ same research + blog request (no approval, so one stream = one full run) a few t
 - full run latency (request to the end of the stream),
 - runs/s over the level's wall time, and errors.
 
+Time to first event *at* N concurrent streams, without the burst (`--held-streams`, 100): N
+streams are opened 10 ms apart and kept open (each followed to its run's end and replaced by a
+new one), then a new stream starts every 50 ms, independently of the others, and is timed to its
+first event (`--probes`, 40).
+
 Baseline in the same run: the same request through the same graph in this process on the same kind
 of checkpointer (Postgres). The server's overhead per run is measured in pairs — one in-process
 run, then one run through the server with one stream, repeated (`--overhead-runs`) — so a

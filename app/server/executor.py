@@ -317,7 +317,13 @@ class Executor:
                 status = "released"
         else:
             await self.db.finish_run(
-                run_id, status, usage, None, owner=self.owner, thread_status=thread_status
+                run_id,
+                status,
+                usage,
+                None,
+                owner=self.owner,
+                thread_status=thread_status,
+                end_event=True,
             )
         finally:
             self._tasks.pop(run_id, None)
@@ -453,6 +459,12 @@ class Executor:
             await self.db.delete_run(run_id)
         else:
             await self.db.finish_run(
-                run_id, "interrupted", {}, "cancelled", owner=self.owner, thread_status=status
+                run_id,
+                "interrupted",
+                {},
+                "cancelled",
+                owner=self.owner,
+                thread_status=status,
+                end_event=True,
             )
         return "interrupted"

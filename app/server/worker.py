@@ -104,8 +104,15 @@ async def run_worker(
     if metrics_port is not None:  # first: a taken port fails the start at once
         bound = metrics.serve_http(metrics_port, metrics_host)
         scrape = f" · metrics at http://{metrics_host}:{bound}/metrics"
-    # the knowledge base opens now, so a held embedded store fails the start, not a run
-    async with open_runner(settings, eager_knowledge_base=True) as runner:
+    # the knowledge base opens now, so a held embedded store fails the start, not a run; a
+    # worker of a server that was killed may still hold it while it finishes its runs (within
+    # its grace period, then it exits): wait for that one
+    async with open_runner(
+        settings,
+        eager_knowledge_base=True,
+        knowledge_base_wait_s=settings.shutdown_grace_s + 10 if parent_pid else 0.0,
+        say=_say,
+    ) as runner:
         info = await asyncio.to_thread(runner.factory.ensure_ready)
         registry = Registry.load(runner.storage.checkpointer, settings.langgraph_config)
         async with open_executor(runner, registry, settings) as executor:

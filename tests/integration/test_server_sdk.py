@@ -101,6 +101,10 @@ async def test_sdk_stream_approval_resume_state_and_history(server: Server) -> N
     ]
     events = [p.event for p in parts]
     assert events[0] == "metadata" and parts[0].data["attempt"] == 1
+    run_id = parts[0].data["run_id"]
+    assert events[-1] == "end" and parts[-1].data == {"run_id": run_id, "status": "interrupted"}
+    # with `end` the SDK knows the run is over: it does not ask the server after the stream
+    assert f"GET /threads/{tid}/runs/{run_id} " not in server.log()
     assert not [p for p in parts if p.event == "error"], parts
     # sub-agent progress carries its namespace; the social agent's model tokens stream too
     assert any(e.startswith("updates|social:") for e in events), events

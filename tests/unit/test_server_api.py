@@ -274,6 +274,9 @@ async def test_stream_interrupt_then_resume_over_sse(api: Any) -> None:
     }
     ids = [int(e["id"]) for e in events]
     assert ids == sorted(set(ids))
+    # the last event says how the run ended (stored with the run's final status)
+    assert events[-1]["event"] == "end"
+    assert events[-1]["data"] == {"run_id": run_id, "status": "interrupted"}
     assert any(e["event"].startswith("updates|social:") for e in events)
     interrupt = [e for e in events if e["event"] == "updates" and "__interrupt__" in e["data"]]
     assert interrupt, [e["event"] for e in events]

@@ -200,7 +200,8 @@ async def test_mkt_worker_executes_queued_runs_and_stops_cleanly_on_sigterm(
             assert run is not None and run["status"] == "success", run
             assert run["attempt"] == 1 and run["lease_owner"] is None
             events = [e["event"] for e in await db.events_after("r", 0)]
-            assert events and set(events) == {"values"}  # stored by the worker (default mode)
+            # stored by the worker: its default mode's events, then how the run ended
+            assert events[-1] == "end" and set(events[:-1]) == {"values"}
             assert (await db.get_thread("t") or {})["status"] == "idle"
             proc.send_signal(signal.SIGTERM)
             out = await _read_until(proc, "stopped", 30)

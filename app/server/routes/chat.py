@@ -28,7 +28,7 @@ CHAT_MODES: list[Any] = ["tasks", "messages-tuple", "updates"]
 
 
 def _chat_events(event: str, data: Any) -> list[dict[str, Any]]:
-    if event == "metadata":
+    if event in ("metadata", "end"):  # the chat stream sends its own `end` with the final text
         return []
     if event == "error":
         return [{"type": "error", **data}]
