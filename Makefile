@@ -47,7 +47,7 @@ bench-kb: install
 	$(BIN)/python -m bench.kb
 
 # the server benchmark (Postgres; ~20 min on 2 busy cores): BENCH_SERVER_ARGS="--help" for options
-BENCH_SERVER_ARGS ?= --workers 0,1,2
+BENCH_SERVER_ARGS ?= --workers 0,1
 bench-server: install
 	$(BIN)/python -m bench.server $(BENCH_SERVER_ARGS)
 

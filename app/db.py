@@ -534,6 +534,22 @@ class AppDB:
             await tx.execute("DELETE FROM runs WHERE thread_id = ?", (thread_id,))
             await tx.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
 
+    async def stale_stateless_threads(self, older_than: datetime) -> list[str]:
+        """Threads of stateless runs due for deletion (`on_completion` delete) that nobody
+        deleted (their client went away before the end), idle since before `older_than`."""
+        rows = await self._b.fetchall(
+            "SELECT thread_id, metadata FROM threads WHERE updated_at < ? AND status <> 'busy'"
+            " AND metadata LIKE ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.thread_id ="
+            " threads.thread_id AND runs.status IN ('pending', 'running'))",
+            (iso_us(older_than), '%"stateless"%'),
+        )
+        out = []
+        for row in rows:
+            meta = _loads(row["metadata"], {})
+            if meta.get("stateless") and meta.get("on_completion", "delete") == "delete":
+                out.append(str(row["thread_id"]))
+        return out
+
     async def list_threads(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._b.fetchall(
             "SELECT thread_id, title, status, created_at, updated_at FROM threads"

@@ -428,7 +428,8 @@ class Held:
 
 async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) -> Held:
     """`held` streams are kept open — started one every 10 ms (no burst), each followed to its
-    run's end and replaced by a new one — and once all have started, a new stream starts every
+    run's end and replaced by a new one; a stream counts as open from its request to its end —
+    and once all have started, a new stream starts every
     `gap_s` regardless of the others (independent users) and is closed at its first event (its
     run carries on). Those probes' TTFE is the time to first event *at* `held` concurrent
     streams, with runs executing and streaming meanwhile."""
@@ -443,20 +444,17 @@ async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) ->
         nonlocal open_now, started
         while not stop.is_set():
             thread = await client.threads.create()
-            counted = False
+            open_now += 1  # from the request on: a stream waiting for its first event is open too
+            started += 1
+            if started >= held:
+                all_started.set()
             try:
                 async for _ in client.runs.stream(
                     thread["thread_id"], "supervisor", input=body, stream_mode="updates"
                 ):
-                    if not counted:
-                        counted = True
-                        open_now += 1
-                        started += 1
-                        if started >= held:
-                            all_started.set()
+                    pass
             finally:
-                if counted:
-                    open_now -= 1
+                open_now -= 1
 
     async def probe() -> None:
         thread = await client.threads.create()
@@ -573,6 +571,16 @@ async def measure(opts: Options, console: Console) -> Results:
         tmp = Path(d)
         if dsn is None:
             raise SystemExit(f"the server benchmark needs Postgres: {reason}")
+        runnable = []
+        for w in opts.workers:
+            if (w or 0) > 1:  # the servers get a fresh embedded store (QDRANT_URL is dropped)
+                results.skipped[ours_name(w)] = (
+                    "more than one worker needs a Qdrant server (QDRANT_URL), and the bench "
+                    "gives each server a fresh embedded knowledge base"
+                )
+            else:
+                runnable.append(w)
+        opts.workers = runnable
         targets: list[tuple[str, Any]] = [
             (ours_name(w), ours(tmp, dsn, "load", w)) for w in opts.workers
         ]

@@ -203,9 +203,18 @@ class Executor:
         return requeued
 
     async def prune(self) -> int:
+        """Event logs of runs ended before the retention cutoff; threads of stateless runs that
+        no client was left to delete (idle for as long). Returns the events deleted."""
         self._last_prune = time.monotonic()
         cutoff = utcnow() - timedelta(hours=self.settings.event_retention_hours)
+        for thread_id in await self.db.stale_stateless_threads(cutoff):
+            await self.erase_thread(thread_id)
         return await self.db.prune_events(cutoff)
+
+    async def erase_thread(self, thread_id: str) -> None:
+        """The thread's checkpoints, runs, events and row (its runs must have ended)."""
+        await self.registry.checkpointer.adelete_thread(thread_id)
+        await self.db.delete_thread(thread_id)
 
     # --- cancellation ---------------------------------------------------------------------------
     async def cancel(self, run: dict[str, Any], action: str) -> None:

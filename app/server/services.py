@@ -174,6 +174,8 @@ async def create_run(
         metadata: dict[str, Any] = {"graph_id": graph_id}
         if stateless:
             metadata["stateless"] = True
+            # as langgraph-api: a stateless run's thread goes when the run is over, unless "keep"
+            metadata["on_completion"] = body.on_completion or "delete"
         _, created = await db.create_thread(
             thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
         )
@@ -202,6 +204,9 @@ async def create_run(
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
     # stored and committed: a stream of this new run may send it without reading it back
+    # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
+    # the executor's prune once it is old
+    run["erase_thread"] = stateless and (body.on_completion or "delete") == "delete"
     run["first_events"] = [
         StoredEvent(i, name, data)
         for i, (name, data) in zip(run.pop("event_ids"), [first_event], strict=True)

@@ -46,11 +46,11 @@ def stream_run(
             complete = True
         finally:
             metrics.stream_closed()
-            if cancel_on_disconnect and not complete:
-                # the client went away: cancel outside this (cancelled) generator
-                task = asyncio.get_running_loop().create_task(_cancel(svc, run))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+            # outside this (possibly cancelled) generator:
+            if cancel_on_disconnect and not complete:  # the client went away
+                _in_background(_cancel(svc, run))
+            if complete and run.get("erase_thread"):  # a stateless run delivered: its thread goes
+                _in_background(svc.executor.erase_thread(thread_id))
 
     headers = {
         **run_headers(thread_id, run_id),
@@ -63,6 +63,12 @@ def stream_run(
         ping=max(1, int(svc.settings.sse_heartbeat_s)),
         send_timeout=svc.settings.sse_send_timeout_s,
     )
+
+
+def _in_background(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def _cancel(svc: Services, run: dict[str, Any]) -> None:

@@ -219,6 +219,25 @@ async def test_sdk_cancel_and_double_texting(server: Server) -> None:
     assert after["metadata"]["source"] == "fork"  # a copy of the checkpoint before the run
 
 
+async def test_sdk_stateless_runs_answer_and_leave_no_thread(server: Server) -> None:
+    c = client(server)
+    before = {t["thread_id"] for t in await c.threads.search(limit=1000)}
+    request = user("Write a LinkedIn post for our TerraRun shoe")
+    result = await c.runs.wait(None, "supervisor", input=request)
+    assert result["messages"][-1]["type"] == "ai"
+    parts = [p async for p in c.runs.stream(None, "supervisor", input=request)]
+    assert parts[-1].event == "end" and parts[-1].data["status"] == "success"
+    for _ in range(100):  # the streamed run's thread is deleted just after its end was sent
+        after = {t["thread_id"] for t in await c.threads.search(limit=1000)}
+        if after == before:
+            break
+        await asyncio.sleep(0.05)
+    assert after == before
+    kept = await c.runs.wait(None, "supervisor", input=request, on_completion="keep")
+    assert kept["messages"][-1]["type"] == "ai"
+    assert len(await c.threads.search(metadata={"stateless": True}, limit=1000)) == 1
+
+
 async def test_kill_9_mid_run_then_restart_completes_and_publishes_once(
     pg_dsn: str, tmp_path: Path
 ) -> None:

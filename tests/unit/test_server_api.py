@@ -386,3 +386,74 @@ async def test_shutdown_releases_unfinished_runs_to_the_queue(
         assert thread is not None and thread["status"] == "busy"
     finally:
         await conn.close()
+
+
+# --- stateless runs: their thread goes when the run is over, unless on_completion=keep ----------
+async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(api: Any) -> None:
+    client, app = api
+    body = {
+        "assistant_id": "supervisor",
+        "input": {
+            "messages": [{"role": "user", "content": "Write a LinkedIn post about TerraRun"}]
+        },
+    }
+    r = await client.post("/runs/wait", json=body)
+    assert r.status_code == 200 and r.json()["messages"][-1]["type"] == "ai"  # the result first
+    gone = r.headers["content-location"].split("/")[2]
+    assert (await client.get(f"/threads/{gone}")).status_code == 404
+    assert not await app.state.services.registry.checkpointer.aget_tuple(
+        {"configurable": {"thread_id": gone, "checkpoint_ns": ""}}
+    )
+
+    r = await client.post("/runs/wait", json={**body, "on_completion": "keep"})
+    kept = r.headers["content-location"].split("/")[2]
+    thread = (await client.get(f"/threads/{kept}")).json()
+    assert thread["metadata"]["stateless"] and thread["metadata"]["on_completion"] == "keep"
+    assert thread["values"]["messages"][-1]["type"] == "ai"
+
+    r = await client.post("/runs/stream", json={**body, "stream_mode": ["updates"]})
+    events = sse_events(r.text)
+    assert events[-1]["event"] == "end" and events[-1]["data"]["status"] == "success"
+    streamed = r.headers["content-location"].split("/")[2]
+    for _ in range(100):  # deleted just after the stream delivered the end
+        if (await client.get(f"/threads/{streamed}")).status_code == 404:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the stateless thread outlived its streamed run")
+
+
+async def test_prune_deletes_stateless_threads_whose_client_went_away(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, app = api
+    svc = app.state.services
+    body = {
+        "assistant_id": "supervisor",
+        "input": {
+            "messages": [{"role": "user", "content": "Write a LinkedIn post about TerraRun"}]
+        },
+    }
+    # a background run on a stateless-like thread nobody will collect: as left by a client that
+    # disconnected from its stateless stream
+    _, created = await svc.db.create_thread(
+        "orphan",
+        tenant="default",
+        metadata={"graph_id": "supervisor", "stateless": True, "on_completion": "delete"},
+        graph_id="supervisor",
+    )
+    await svc.db.create_thread(
+        "kept",
+        tenant="default",
+        metadata={"stateless": True, "on_completion": "keep"},
+        graph_id="supervisor",
+    )
+    assert created
+    r = await client.post("/threads/orphan/runs/wait", json=body)
+    assert r.status_code == 200
+    assert (await client.get("/threads/orphan")).status_code == 200  # not a stateless call
+    old = svc.executor.settings.model_copy(update={"event_retention_hours": -1.0})
+    monkeypatch.setattr(svc.executor, "settings", old)  # everything is past retention now
+    await svc.executor.prune()
+    assert (await client.get("/threads/orphan")).status_code == 404
+    assert (await client.get("/threads/kept")).status_code == 200

@@ -95,9 +95,10 @@ async def _wait(
             if current is not None:
                 await svc.executor.cancel(current, "interrupt")
         raise
-    return JSONResponse(
-        await _result(svc, run), headers=run_headers(run["thread_id"], run["run_id"], join="join")
-    )
+    result = await _result(svc, run)
+    if run.get("erase_thread"):  # a stateless run delivered: its thread goes
+        await svc.executor.erase_thread(run["thread_id"])
+    return JSONResponse(result, headers=run_headers(run["thread_id"], run["run_id"], join="join"))
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its result")

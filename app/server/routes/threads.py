@@ -110,8 +110,7 @@ async def delete_thread(thread_id: str, svc: Svc, principal: Editor) -> Response
     for run in await svc.db.active_runs(thread_id):
         await svc.executor.cancel(run, "interrupt")
         await svc.executor.wait_until_done(run["run_id"], within_s=30)
-    await svc.registry.checkpointer.adelete_thread(thread_id)
-    await svc.db.delete_thread(thread_id)
+    await svc.executor.erase_thread(thread_id)
     return Response(status_code=204)
 
 
