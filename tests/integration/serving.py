@@ -58,16 +58,25 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def server_env(dsn: str, data_dir: Path, **extra: str) -> dict[str, str]:
+def server_env(dsn: str | None, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test server: Postgres at `dsn`, or SQLite in `data_dir` (None)."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MKT_CRASH_AT", "MKT_CRASH_ONCE", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+        if k
+        not in (
+            "MKT_CRASH_AT",
+            "MKT_CRASH_ONCE",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "DATABASE_URL",
+        )
         and not k.startswith("SERVE_")
     }
+    if dsn:
+        env["DATABASE_URL"] = dsn
     env.update(
         MODEL_PROVIDER="scripted",
-        DATABASE_URL=dsn,
         DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
         LANGSMITH_TRACING="false",
