@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import aiosqlite
 from psycopg_pool import AsyncConnectionPool
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)""",
@@ -114,6 +114,10 @@ _UPGRADES: dict[int, list[str]] = {
         )""",
         "CREATE INDEX IF NOT EXISTS run_events_run ON run_events (run_id, id)",
         "CREATE INDEX IF NOT EXISTS run_events_age ON run_events (created_at)",
+    ],
+    3: [
+        # the pending writes the thread had when a run started (rollback keeps only those)
+        "ALTER TABLE runs ADD COLUMN before_writes TEXT",
     ],
 }
 
@@ -534,6 +538,48 @@ class AppDB:
             await tx.execute("DELETE FROM runs WHERE thread_id = ?", (thread_id,))
             await tx.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
 
+    async def delete_run_checkpoints(self, thread_id: str, run_id: str) -> int:
+        """Roll `thread_id` back past `run_id`: delete the checkpoints that run wrote (in every
+        namespace, every attempt) and their pending writes, so the thread's head is again the
+        checkpoint it started from, with that checkpoint's own pending writes (an approval
+        waiting, finished sibling tasks). What langgraph-api does (`adelete_for_runs`). The
+        LangGraph checkpointer's tables live in this database; returns checkpoints deleted."""
+        writes, match = self._checkpoint_tables()
+        run_rows = await self._b.fetchall(
+            "SELECT before_writes FROM runs WHERE run_id = ?", (run_id,)
+        )
+        before = _loads(run_rows[0]["before_writes"], None) if run_rows else None
+        async with self._b.transaction() as tx:
+            await tx.execute(
+                f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_id IN"
+                f" (SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND {match})",
+                (thread_id, thread_id, run_id),
+            )
+            rows = await tx.fetchall(
+                f"DELETE FROM checkpoints WHERE thread_id = ? AND {match} RETURNING checkpoint_id",
+                (thread_id, run_id),
+            )
+            # the run also wrote onto the heads it started from (a resumed approval, tasks that
+            # finished before the next checkpoint): keep only what was pending there at its start
+            kept: dict[tuple[str, str], set[tuple[str, int]]] = {}
+            for ns, cid, tid, idx in before or []:
+                keys = kept.setdefault((ns, cid), set())
+                if tid is not None:
+                    keys.add((tid, int(idx)))
+            for (ns, cid), keys in kept.items():
+                for w in await tx.fetchall(
+                    f"SELECT task_id, idx FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ?"
+                    " AND checkpoint_id = ?",
+                    (thread_id, ns, cid),
+                ):
+                    if (w["task_id"], int(w["idx"])) not in keys:
+                        await tx.execute(
+                            f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ? AND"
+                            " checkpoint_id = ? AND task_id = ? AND idx = ?",
+                            (thread_id, ns, cid, w["task_id"], w["idx"]),
+                        )
+        return len(rows)
+
     async def stale_stateless_threads(self, older_than: datetime) -> list[str]:
         """Threads of stateless runs due for deletion (`on_completion` delete) that nobody
         deleted (their client went away before the end), idle since before `older_than`."""
@@ -834,12 +880,43 @@ class AppDB:
         sql += " RETURNING run_id"
         return len(await self._b.fetchall(self._notifying(sql, f"'{QUEUE_CHANNEL}'"), params)) == 1
 
+    def _checkpoint_tables(self) -> tuple[str, str]:
+        """LangGraph's checkpointer tables in this database: (writes table, `run_id` match on
+        `checkpoints.metadata`). AsyncSqliteSaver keeps metadata as JSON in a BLOB."""
+        if self.dialect == "postgres":
+            return "checkpoint_writes", "metadata->>'run_id' = ?"
+        return "writes", "json_extract(CAST(metadata AS TEXT), '$.run_id') = ?"
+
+    def _head_writes_sql(self) -> str:
+        """A JSON list of [ns, checkpoint id, task id, idx] of the writes pending on the thread's
+        head checkpoints (one per namespace: the root's, an interrupted subgraph's), plus
+        [ns, id, null, null] for each head: what a rollback must leave on them. Bound: thread id
+        twice."""
+        writes, _ = self._checkpoint_tables()
+        heads = (
+            "SELECT c.checkpoint_ns, c.checkpoint_id FROM checkpoints c WHERE c.thread_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM checkpoints d WHERE d.thread_id = c.thread_id AND"
+            " d.checkpoint_ns = c.checkpoint_ns AND d.parent_checkpoint_id = c.checkpoint_id)"
+        )
+        rows = (
+            f"SELECT h.checkpoint_ns AS ns, h.checkpoint_id AS cid, w.task_id AS tid, w.idx AS idx"
+            f" FROM ({heads}) h LEFT JOIN {writes} w ON w.thread_id = ? AND"
+            " w.checkpoint_ns = h.checkpoint_ns AND w.checkpoint_id = h.checkpoint_id"
+        )
+        if self.dialect == "postgres":
+            return (
+                "(SELECT coalesce(json_agg(json_build_array(ns, cid, tid, idx)), '[]')::text"
+                f" FROM ({rows}) x)"
+            )
+        return f"(SELECT json_group_array(json_array(ns, cid, tid, idx)) FROM ({rows}) x)"
+
     async def mark_run_started(
         self, run_id: str, thread_id: str, graph_id: str, before_checkpoint_id: str | None
     ) -> None:
         """A claimed run starts: its thread becomes `busy` and, unless None, the checkpoint the
-        thread was at before the run is recorded (rollback returns to it). One statement on
-        Postgres, one transaction on SQLite."""
+        thread was at before the run is recorded with the writes pending on the thread's head
+        checkpoints (rollback goes back to exactly that). One statement on Postgres, one
+        transaction on SQLite."""
         now = iso_us(utcnow())
         thread_sql = (
             "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ? WHERE thread_id = ?"
@@ -848,8 +925,11 @@ class AppDB:
         if before_checkpoint_id is None:
             await self._b.execute(thread_sql, thread_params)
             return
-        run_sql = "UPDATE runs SET before_checkpoint_id = ?, updated_at = ? WHERE run_id = ?"
-        run_params = (before_checkpoint_id, now, run_id)
+        run_sql = (
+            f"UPDATE runs SET before_checkpoint_id = ?, before_writes = {self._head_writes_sql()},"
+            " updated_at = ? WHERE run_id = ?"
+        )
+        run_params = (before_checkpoint_id, thread_id, thread_id, now, run_id)
         if self.dialect == "postgres":
             await self._b.execute(
                 f"WITH t AS ({thread_sql} RETURNING thread_id) {run_sql}",

@@ -70,6 +70,17 @@ def make_pool(dsn: str, max_size: int) -> AsyncConnectionPool[Any]:
     )
 
 
+async def settle_checkpointer(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    """After a run's task was cancelled: AsyncSqliteSaver executes a write, then commits; a task
+    cancelled in between leaves its connection in an open write transaction that locks the
+    SQLite file for every other connection (the app tables) until that connection's next
+    commit. Commit it now (its statements completed: the rows are whole). Postgres savers use
+    autocommit connections: nothing to do."""
+    if isinstance(checkpointer, AsyncSqliteSaver):
+        async with checkpointer.lock:
+            await checkpointer.conn.commit()
+
+
 @asynccontextmanager
 async def open_storage(
     settings: Settings | None = None, *, migrate: bool = False

@@ -36,6 +36,7 @@ from app.server import metrics
 from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
 from app.settings import Settings
+from app.storage import settle_checkpointer
 from graphs.context import MarketingContext
 from tools.knowledge import DEFAULT_TENANT
 
@@ -442,22 +443,14 @@ class Executor:
     ) -> str:
         """Bookkeeping once a run's task was cancelled; returns the status for metrics."""
         run_id, thread_id = run["run_id"], run["thread_id"]
+        await settle_checkpointer(self.registry.checkpointer)
         if reason == "lost":  # another worker owns it now
             return "released"
         if reason == "shutdown":
             await self.db.requeue_run(run_id, self.owner)
             return "released"
-        if reason == "rollback":
-            row = await self.db.get_run(run_id)
-            before = (row or {}).get("before_checkpoint_id")
-            if before:
-                await graph.aupdate_state(
-                    {"configurable": {"thread_id": thread_id, "checkpoint_id": before}},
-                    None,
-                    as_node="__copy__",
-                )
-            elif before == "":  # the thread had no checkpoint before this run
-                await self.registry.checkpointer.adelete_thread(thread_id)
+        if reason == "rollback":  # as if the run never happened: its checkpoints go
+            await self.db.delete_run_checkpoints(thread_id, run_id)
         snapshot = await graph.aget_state(config)
         others = [r for r in await self.db.active_runs(thread_id) if r["run_id"] != run_id]
         status = "busy" if any(r["status"] == "running" for r in others) else "idle"

@@ -216,7 +216,8 @@ async def test_sdk_cancel_and_double_texting(server: Server) -> None:
     after = await c.threads.get_state(tid)
     assert after["values"] == before["values"] and after["next"] == before["next"] == []
     assert after["values"]["request"] == "Write a blog post about TerraRun"
-    assert after["metadata"]["source"] == "fork"  # a copy of the checkpoint before the run
+    # the run's checkpoints are gone: the head is the very checkpoint the thread was at
+    assert after["checkpoint"] == before["checkpoint"] and after["metadata"]["source"] == "loop"
 
 
 async def test_sdk_stateless_runs_answer_and_leave_no_thread(server: Server) -> None:

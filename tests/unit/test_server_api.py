@@ -457,3 +457,48 @@ async def test_prune_deletes_stateless_threads_whose_client_went_away(
     await svc.executor.prune()
     assert (await client.get("/threads/orphan")).status_code == 404
     assert (await client.get("/threads/kept")).status_code == 200
+
+
+# --- rollback: the thread is exactly as before the run, pending approval included -------------
+async def test_rollback_of_a_resume_restores_the_pending_approval(tmp_path: Path) -> None:
+    # slow model calls keep the resumed run busy long enough to cancel it mid-way
+    settings = Settings(model_provider="scripted", data_dir=tmp_path / "d", scripted_latency_ms=300)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/threads", json={"thread_id": "t-rb"})
+            body = {
+                "assistant_id": "supervisor",
+                "input": {"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
+            }
+            assert (
+                "__interrupt__" in (await client.post("/threads/t-rb/runs/wait", json=body)).json()
+            )
+            before = (await client.get("/threads/t-rb/state")).json()
+            assert before["interrupts"] and before["next"]
+
+            run = (
+                await client.post(
+                    "/threads/t-rb/runs",
+                    json={"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}},
+                )
+            ).json()
+            for _ in range(200):  # the resumed run has checkpointed past the approval
+                state = (await client.get("/threads/t-rb/state")).json()
+                if state["checkpoint"]["checkpoint_id"] != before["checkpoint"]["checkpoint_id"]:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the resumed run never checkpointed")
+            r = await client.post(
+                f"/threads/t-rb/runs/{run['run_id']}/cancel",
+                params={"action": "rollback", "wait": True},
+            )
+            assert r.status_code == 204
+            after = (await client.get("/threads/t-rb/state")).json()
+            assert after["checkpoint"] == before["checkpoint"]  # the very same head, not a copy
+            assert after["values"] == before["values"] and after["next"] == before["next"]
+            assert after["interrupts"] == before["interrupts"]
+            assert (await client.get("/threads/t-rb")).json()["status"] == "interrupted"
+            assert (await client.get(f"/threads/t-rb/runs/{run['run_id']}")).status_code == 404
