@@ -46,7 +46,7 @@ bench: install
 bench-kb: install
 	$(BIN)/python -m bench.kb
 
-# the server benchmark (Postgres; ~20 min on 2 busy cores): BENCH_SERVER_ARGS="--help" for options
+# the server benchmark (Postgres; ~5 min on 2 cores, longer when they are busy): BENCH_SERVER_ARGS="--help" for options
 BENCH_SERVER_ARGS ?= --workers 0,1
 bench-server: install
 	$(BIN)/python -m bench.server $(BENCH_SERVER_ARGS)
