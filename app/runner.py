@@ -29,7 +29,7 @@ from app.errors import (
 from app.leases import keep_lease, new_owner, start_run_with_lease
 from app.models import ModelFactory
 from app.settings import get_settings
-from app.storage import Storage, set_active_db
+from app.storage import Storage, set_active_db, settle_checkpointer
 from graphs.context import MarketingContext
 from graphs.publishing import check_edit, pending_platform
 from graphs.schemas import EditResponse, InvalidResumeError, parse_human_response
@@ -221,6 +221,8 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"[:500]
             raise
         finally:
+            if status == "cancelled":  # a checkpoint write cut before its commit holds SQLite
+                await settle_checkpointer(self.storage.checkpointer)
             after = view or await self.view(thread_id)
             usage = _usage_delta(before.values.get("usage") or {}, after.values.get("usage") or {})
             await self.storage.db.finish_run(run_id, status, usage, error, owner=owner)
