@@ -85,7 +85,8 @@ class Runner:
         if not snap.values and not snap.next:
             return ThreadView(thread_id, exists=False, status="new")
         interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]
-        status = "interrupted" if interrupts else ("unfinished" if snap.next else "idle")
+        # `tasks`, not `next`: tasks whose writes were saved before a crash are not in `next`
+        status = "interrupted" if interrupts else ("unfinished" if snap.tasks else "idle")
         return ThreadView(thread_id, True, status, tuple(snap.next), interrupts, dict(snap.values))
 
     async def context_for(

@@ -48,7 +48,7 @@ class RunGaveUpError(RuntimeError):
 
 
 def thread_status_of(snapshot: Any) -> str:
-    return "interrupted" if (snapshot.interrupts or snapshot.next) else "idle"
+    return "interrupted" if (snapshot.interrupts or snapshot.tasks) else "idle"
 
 
 def checkpoint_id_of(config: Any) -> str | None:
@@ -362,7 +362,10 @@ class Executor:
         before_checkpoint: str | None = None
         if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
             payload = None  # this run already checkpointed: continue from there
-            if not before.next:  # ... and had finished: only the bookkeeping was lost
+            # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
+            # it leaves out tasks whose writes were saved; a process killed after a superstep's
+            # tasks all wrote, before its next checkpoint, has `next` empty and more to do)
+            if not before.tasks:
                 thread_status = thread_status_of(before)
                 return thread_status.replace("idle", "success"), {}, thread_status
         else:
