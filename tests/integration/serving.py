@@ -82,8 +82,8 @@ def server_env(dsn: str | None, data_dir: Path, **extra: str) -> dict[str, str]:
         LANGSMITH_TRACING="false",
         SCRIPTED_LATENCY_MS="50",  # keeps runs in flight long enough to cancel or kill
         RUN_SWEEP_INTERVAL_S="1",
-        **extra,
     )
+    env.update(extra)  # a test's own settings win
     return env
 
 
