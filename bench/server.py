@@ -629,6 +629,15 @@ def _f(value: float) -> str:
     return f"{value:.1f}"
 
 
+def ttfe_verdict(name: str, samples: list[float], when: str) -> tuple[bool, str]:
+    p95 = percentile(samples, 95)
+    return (
+        p95 < TTFE_P95_TARGET_MS,
+        f"{name}: p95 time to first event{when}: {_f(p95)} ms "
+        f"(target < {TTFE_P95_TARGET_MS:.0f} ms)",
+    )
+
+
 def verdicts(results: Results) -> list[tuple[bool | None, str]]:
     out: list[tuple[bool | None, str]] = []
     for name, levels in results.levels.items():
@@ -636,24 +645,12 @@ def verdicts(results: Results) -> list[tuple[bool | None, str]]:
             continue
         top = max(levels, key=lambda lv: lv.streams, default=None)
         if top is not None and top.ttfe_ms:
-            p95 = percentile(top.ttfe_ms, 95)
-            out.append(
-                (
-                    p95 < TTFE_P95_TARGET_MS,
-                    f"{name}: p95 time to first event, {top.streams} streams started at once "
-                    f"and rounds after: {_f(p95)} ms (target < {TTFE_P95_TARGET_MS:.0f} ms)",
-                )
-            )
+            when = f", {top.streams} streams started at once and rounds after"
+            out.append(ttfe_verdict(name, top.ttfe_ms, when))
         held = results.held.get(name)
         if held is not None and held.ttfe_ms:
-            p95 = percentile(held.ttfe_ms, 95)
-            out.append(
-                (
-                    p95 < TTFE_P95_TARGET_MS,
-                    f"{name}: p95 time to first event of a new stream while {held.held} "
-                    f"streams are open: {_f(p95)} ms (target < {TTFE_P95_TARGET_MS:.0f} ms)",
-                )
-            )
+            when = f" of a new stream while {held.held} streams are open"
+            out.append(ttfe_verdict(name, held.ttfe_ms, when))
         paired = results.paired.get(name)
         if paired is not None and paired.server_ms:
             overhead = paired.overhead_ms

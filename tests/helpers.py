@@ -11,6 +11,8 @@ CAMPAIGN = (
     "Research what runners say about carbon-plated trail shoes, write a launch blog post and "
     "LinkedIn + X posts for our TerraRun shoe, and schedule them for Tuesday 9am."
 )
+# one item, one approval
+PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
 
 Decide = Callable[[dict[str, Any]], Any]
 

@@ -116,9 +116,7 @@ def reset() -> Metrics:
     with _lock:
         path = multiprocess_dir()
         if path is not None:
-            _close_files()
-            _wipe(path)
-            values.ValueClass = values.MultiProcessValue()
+            _fresh_files(path)
         _current = Metrics()
     return _current
 
@@ -137,9 +135,12 @@ def _close_files() -> None:
         cls.close_all_files()
 
 
-def _wipe(path: Path) -> None:
+def _fresh_files(path: Path) -> None:
+    """Close this process's files, delete every process's, and write new ones from here on."""
+    _close_files()
     for file in path.glob("*.db"):
         file.unlink(missing_ok=True)
+    values.ValueClass = values.MultiProcessValue()
 
 
 def enable_multiprocess(path: Path) -> None:
@@ -149,10 +150,8 @@ def enable_multiprocess(path: Path) -> None:
     global _current
     path.mkdir(parents=True, exist_ok=True)
     with _lock:
-        _close_files()
         os.environ[MULTIPROC_ENV] = str(path)
-        _wipe(path)
-        values.ValueClass = values.MultiProcessValue()
+        _fresh_files(path)
         _current = Metrics()
 
 

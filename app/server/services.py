@@ -119,6 +119,8 @@ async def create_run(
     graph = svc.registry.graph(graph_id)
     db = svc.db
     stateless = thread_id is None  # a new thread of its own
+    # as langgraph-api: a stateless run's thread goes when the run is over, unless "keep"
+    on_completion = body.on_completion or "delete"
     create_thread = stateless
     thread_id = thread_id or str(uuid.uuid4())
     row: dict[str, Any] | None = None
@@ -174,8 +176,7 @@ async def create_run(
         metadata: dict[str, Any] = {"graph_id": graph_id}
         if stateless:
             metadata["stateless"] = True
-            # as langgraph-api: a stateless run's thread goes when the run is over, unless "keep"
-            metadata["on_completion"] = body.on_completion or "delete"
+            metadata["on_completion"] = on_completion
         _, created = await db.create_thread(
             thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
         )
@@ -206,7 +207,7 @@ async def create_run(
     # stored and committed: a stream of this new run may send it without reading it back
     # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
     # the executor's prune once it is old
-    run["erase_thread"] = stateless and (body.on_completion or "delete") == "delete"
+    run["erase_thread"] = stateless and on_completion == "delete"
     run["first_events"] = [
         StoredEvent(i, name, data)
         for i, (name, data) in zip(run.pop("event_ids"), [first_event], strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -137,11 +138,14 @@ def user(text: str) -> dict[str, Any]:
 
 
 def outbox(dsn: str, thread_id: str) -> list[tuple[str, int]]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT artifact_id, version FROM outbox WHERE thread_id = %s ORDER BY artifact_id",
-            (thread_id,),
-        ).fetchall()
+    """The thread's outbox items: `dsn` is a Postgres DSN or the path of a `.sqlite` file."""
+    sql = "SELECT artifact_id, version FROM outbox WHERE thread_id = ? ORDER BY artifact_id"
+    if dsn.endswith(".sqlite"):
+        with sqlite3.connect(dsn) as lite:
+            rows = lite.execute(sql, (thread_id,)).fetchall()
+    else:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(sql.replace("?", "%s"), (thread_id,)).fetchall()
     return [(r[0], r[1]) for r in rows]
 
 

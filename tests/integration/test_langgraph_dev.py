@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from app.local_llm import free_port
+from tests.helpers import PUBLISH_REQUEST
 
 langgraph_sdk = pytest.importorskip("langgraph_sdk")
 
@@ -40,7 +41,6 @@ GRAPHS = {"supervisor", "research", "content", "social", "publishing"}
 START_TIMEOUT_S = 90.0
 RUN_TIMEOUT_S = 120.0
 
-PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
 RESEARCH_REQUEST = (
     "Research what runners say about carbon-plated trail shoes and write a blog post about it"
 )

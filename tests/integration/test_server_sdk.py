@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.local_llm import free_port
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 from tests.integration.serving import (
     Server,
     migrate,
@@ -34,8 +34,6 @@ langgraph_sdk = pytest.importorskip("langgraph_sdk")
 from langgraph_sdk.errors import ConflictError, NotFoundError  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,17 @@ approval, the resume, each outbox item once, a cancel, and the runs in the serve
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 from tests.integration.serving import (
     Server,
     migrate,
+    outbox,
     server_env,
     start_server,
     stop_server,
@@ -27,8 +27,6 @@ from tests.integration.serving import (
 langgraph_sdk = pytest.importorskip("langgraph_sdk")
 
 pytestmark = pytest.mark.integration
-
-PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +44,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         raise
     finally:
         stop_server(srv)
-
-
-def outbox(db_file: str, thread_id: str) -> list[tuple[str, int]]:
-    with sqlite3.connect(db_file) as conn:
-        rows = conn.execute(
-            "SELECT artifact_id, version FROM outbox WHERE thread_id = ? ORDER BY artifact_id",
-            (thread_id,),
-        ).fetchall()
-    return [(r[0], r[1]) for r in rows]
 
 
 async def test_a_run_in_the_worker_streams_through_the_server_by_polling(server: Server) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 from tests.integration.serving import (
     Server,
     alive,
@@ -37,7 +37,6 @@ from langgraph_sdk.errors import NotFoundError  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
 # without notifications a stream would wait up to 30 s per batch and a worker 30 s to see a new
 # run, and a cancel would wait for the heartbeat (every 20 s): the tests below allow far less
 SLOW_POLLS = {

@@ -18,8 +18,7 @@ from app.server.auth import Principal, current_principal
 from app.server.registry import DEFAULT_CONFIG, Registry, assistant_id_for, read_graph_specs
 from app.settings import AGENTS, Settings
 from graphs.supervisor import AGENT_NODES
-
-PUBLISH_REQUEST = "Write a LinkedIn post for our TerraRun shoe and publish it Tuesday 9am"
+from tests.helpers import PUBLISH_REQUEST
 
 
 @pytest.fixture
