@@ -132,6 +132,12 @@ ACTIVE = ("pending", "running")
 # change it announces, so it is delivered only once that change is committed (`app.server.notify`
 # listens; SQLite has no notifications and other processes poll).
 RUN_CHANNEL = "mkt_run"  # a run has new events or a final status: wake its streams and waiters
+# A RUN_CHANNEL notification that announces stored events carries them when they fit
+# (`PUSH_PAYLOAD_MAX` bytes; Postgres's limit is 8000): "<run id> <JSON>", the JSON being
+# {"r": run id, "p": the run's last event id before these, "e": [[id, event, data], ...],
+#  "s": the run's status when these end it}; a stream that is at id "p" takes them without reading
+# them back (`app.server.events.follow`). Anything else sends the bare run id: read the table.
+PUSH_PAYLOAD_MAX = 7900
 CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker stops it now
 QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
 EVENTS_PER_STATEMENT = 500
@@ -284,6 +290,26 @@ class AppDB:
             for i, channel in enumerate(channels)
         )
         return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends}{columns} FROM changed"
+
+    @staticmethod
+    def _push_ctes(inserted: str, status: bool = False) -> str:
+        """Postgres CTEs (to follow `WITH ...`) that build `push(payload)`: the RUN_CHANNEL
+        payload announcing the events in CTE `inserted` (columns id, run_id, event, data): "<run
+        id> <JSON>" with the events (see `PUSH_PAYLOAD_MAX`), or the bare run id when they do not
+        fit. `prev` reads the run's last event id before them: every CTE of a statement sees the
+        same snapshot, which does not hold the rows being inserted. Parameters, in order: the
+        run id, then (with `status`) the status that the events end the run with. No row when
+        nothing was inserted."""
+        end = ", 's', ?::text" if status else ""
+        return (
+            ", prev AS (SELECT coalesce(max(id), 0) AS id FROM run_events WHERE run_id = ?)"
+            ", push AS MATERIALIZED (SELECT CASE WHEN octet_length(b.payload) <= "
+            f"{PUSH_PAYLOAD_MAX} THEN b.payload ELSE b.run_id END AS payload FROM"
+            " (SELECT min(i.run_id) AS run_id, min(i.run_id) || ' ' || json_build_object("
+            "'r', min(i.run_id), 'p', (SELECT id FROM prev),"
+            f" 'e', json_agg(json_build_array(i.id, i.event, i.data) ORDER BY i.id){end})::text"
+            f" AS payload FROM {inserted} i HAVING count(*) > 0) b)"
+        )
 
     # --- schema ---------------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -1017,14 +1043,19 @@ class AppDB:
                     " WHERE thread_id IN (SELECT thread_id FROM changed))"
                 )
                 params += [thread_status, now]
-            if end_event:
+            run_note = f"pg_notify('{RUN_CHANNEL}', changed.run_id)"
+            if end_event:  # the streams get `end` and the final status in the notification
                 also += (
                     ", ended AS (INSERT INTO run_events (run_id, event, data, created_at)"
-                    " SELECT run_id, 'end', ?, ? FROM changed)"
-                )
-                params += [end_data, now]
-            notify = f"'{RUN_CHANNEL}'", f"'{QUEUE_CHANNEL}'"
-            rows = await self._b.fetchall(self._notifying(sql, *notify, also=also), params)
+                    " SELECT run_id, 'end', ?, ? FROM changed RETURNING id, run_id, event, data)"
+                ) + self._push_ctes("ended", status=True)
+                params += [end_data, now, run_id, status]
+                run_note = f"pg_notify('{RUN_CHANNEL}', (SELECT payload FROM push))"
+            rows = await self._b.fetchall(
+                f"WITH changed AS ({sql}){also} SELECT changed.run_id, {run_note} AS _n0,"
+                f" pg_notify('{QUEUE_CHANNEL}', changed.run_id) AS _n1 FROM changed",
+                params,
+            )
             return len(rows) == 1
         async with self._b.transaction() as tx:
             rows = await tx.fetchall(sql, params)
@@ -1125,7 +1156,15 @@ class AppDB:
             f" SELECT r.run_id, v.column1, v.column2, ? FROM {source}, (VALUES {values}) AS v"
             " ORDER BY v.column3 RETURNING id, run_id"
         )
-        return self._notifying(sql, f"'{RUN_CHANNEL}'"), params
+        if self.dialect != "postgres":
+            return sql, params
+        # the streams get the events in the notification (when they fit): no read back
+        params.append(run_id)
+        return (
+            f"WITH changed AS ({sql}, event, data){self._push_ctes('changed')}"
+            f" SELECT changed.id, changed.run_id, pg_notify('{RUN_CHANNEL}', push.payload) AS _n"
+            " FROM changed, push"
+        ), params
 
     async def events_after(
         self, run_id: str, after_id: int, limit: int = 500

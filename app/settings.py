@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         None, description="postgresql://... ; unset = SQLite in DATA_DIR."
     )
     db_pool_max_size: int = 10
+    db_prepared_statements: bool = Field(
+        True,
+        description="Prepare each statement on a connection's first use (as LangGraph's own "
+        "Postgres savers do: Postgres parses and plans it once). Set false behind a connection "
+        "pooler in transaction mode that cannot keep prepared statements (PgBouncer < 1.21).",
+    )
 
     # --- knowledge base (Qdrant) -----------------------------------------------------------------
     qdrant_url: str | None = Field(

@@ -59,13 +59,19 @@ async def check_unless_recently_used(conn: Any) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-def make_pool(dsn: str, max_size: int) -> AsyncConnectionPool[Any]:
+def make_pool(dsn: str, max_size: int, *, prepare: bool = True) -> AsyncConnectionPool[Any]:
+    """The pool of the checkpointer and the app tables. `prepare`: statements are prepared on
+    first use (`prepare_threshold=0`, LangGraph's default for its savers), else never."""
     return AsyncConnectionPool(
         dsn,
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "prepare_threshold": 0 if prepare else None,
+        },
         check=check_unless_recently_used,
     )
 
@@ -100,7 +106,7 @@ async def open_storage(
             await conn.close()
         return
     dsn = s.database_url.get_secret_value()
-    pool = make_pool(dsn, s.db_pool_max_size)
+    pool = make_pool(dsn, s.db_pool_max_size, prepare=s.db_prepared_statements)
     await pool.open(wait=True, timeout=15)
     try:
         saver: BaseCheckpointSaver[Any] = AsyncPostgresSaver(pool)
@@ -162,7 +168,11 @@ async def _open_active_db() -> AppDB:
         await db.migrate()
         _fallback = conn
     else:
-        pool = make_pool(s.database_url.get_secret_value(), s.db_pool_max_size)
+        pool = make_pool(
+            s.database_url.get_secret_value(),
+            s.db_pool_max_size,
+            prepare=s.db_prepared_statements,
+        )
         await pool.open(wait=True, timeout=15)
         db = postgres_db(pool)
         if not await db.is_migrated():

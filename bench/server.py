@@ -330,6 +330,7 @@ async def measure_level(url: str, streams: int, rounds: int) -> Level:
 async def in_process(dsn: str, tmp: Path) -> AsyncIterator[Any]:
     """The same request through the same graph, in this process, on Postgres (the floor): yields
     a coroutine function that makes one run on a new thread and returns its wall time in ms."""
+    from app.knowledge import open_knowledge_base
     from app.models import ModelFactory, set_model_factory
     from app.settings import Settings
     from app.storage import open_storage, set_active_db
@@ -339,7 +340,12 @@ async def in_process(dsn: str, tmp: Path) -> AsyncIterator[Any]:
     settings = Settings(model_provider="scripted", data_dir=tmp / "inproc", database_url=dsn)
     previous = set_model_factory(ModelFactory(settings))
     try:
-        async with open_storage(settings, migrate=True) as storage:
+        # the same tools as the server's run: its own embedded knowledge base (searched by the
+        # research agent, and for past examples), opened before the first run as a worker does
+        async with (
+            open_knowledge_base(settings, eager=True),
+            open_storage(settings, migrate=True) as storage,
+        ):
             set_active_db(storage.db)
             graph = builder.compile(checkpointer=storage.checkpointer, name="supervisor")
 

@@ -9,19 +9,31 @@ Readers wait on `RunSignals` and read again only when woken: by a write in this 
 Postgres notification (`app.server.notify`: a write in any process, delivered after it commits),
 or when the poll interval passes — the only way to see another process's writes on SQLite
 (latency up to `RUN_POLL_INTERVAL_S`), and a safety net on Postgres (`NOTIFY_FALLBACK_POLL_S`).
+
+On Postgres the notification of an append carries the stored events themselves when they fit
+(`app.db.PUSH_PAYLOAD_MAX`), with the id of the run's event before them: a reader whose cursor is
+at that id takes them as they are, without reading them back; any other wake-up (events too
+large, a status change, a batch that does not follow on the reader's cursor) makes it read the
+table. Either way a reader sees each stored event once, in id order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from app.db import ACTIVE, AppDB
 from app.server.serde import dumps
 
+log = logging.getLogger("mkt.server")
+
 PAGE = 500  # events per read
+PUSHED_KEPT = 16  # pushed batches kept per watched run; a reader further behind reads the table
 
 
 @dataclass(frozen=True)
@@ -31,14 +43,48 @@ class StoredEvent:
     data: str  # one line of JSON
 
 
+@dataclass(frozen=True)
+class PushedBatch:
+    """Events that arrived in a notification: they follow the run's event `prev`; `status` is
+    the run's final status when they end it."""
+
+    prev: int
+    events: tuple[StoredEvent, ...]
+    status: str | None = None
+
+    @property
+    def last(self) -> int:
+        return self.events[-1].id
+
+
+def parse_pushed(text: str) -> PushedBatch:
+    """The JSON part of a pushed RUN_CHANNEL payload (`app.db.PUSH_PAYLOAD_MAX`)."""
+    doc = json.loads(text)
+    events = tuple(StoredEvent(int(i), str(e), str(d)) for i, e, d in doc["e"])
+    if not events:
+        raise ValueError("a pushed batch without events")
+    status = doc.get("s")
+    return PushedBatch(int(doc["p"]), events, None if status is None else str(status))
+
+
 @dataclass
 class RunWatch:
-    """One run's change counter while someone watches it."""
+    """One run's change counters while someone watches it: `version` moves on every wake-up,
+    `dirty` only on those that a read of the table must follow (pushed batches do not)."""
 
     signals: RunSignals
     version: int = 0
+    dirty: int = 0
     watchers: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    pushed: deque[PushedBatch] = field(default_factory=lambda: deque(maxlen=PUSHED_KEPT))
+
+    def wake(self, *, dirty: bool) -> None:
+        self.version += 1
+        if dirty:
+            self.dirty += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     async def wait_past(self, seen: int, within_s: float | None = None) -> None:
         """Return once the version is past `seen`, or after `within_s` (default: the poll
@@ -82,11 +128,32 @@ class RunSignals:
                 del self._watched[run_id]
 
     def bump(self, run_id: str) -> None:
+        """`run_id` changed: its watchers read again."""
         state = self._watched.get(run_id)
         if state is not None:
-            state.version += 1
-            state.changed.set()
-            state.changed = asyncio.Event()
+            state.wake(dirty=True)
+
+    def notified(self, payload: str) -> None:
+        """A RUN_CHANNEL notification: a bare run id, or "<run id> <JSON>" carrying the stored
+        events (`app.db.PUSH_PAYLOAD_MAX`), kept for the run's readers. Only watched runs cost a
+        parse; a payload that does not parse makes the run's readers read the table."""
+        run_id, _, pushed = payload.partition(" ")
+        state = self._watched.get(run_id)
+        if state is None:
+            return
+        if not pushed:
+            state.wake(dirty=True)
+            return
+        try:
+            batch = parse_pushed(pushed)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "notifications: unreadable events of run %s (%s): reading them", run_id, exc
+            )
+            state.wake(dirty=True)
+            return
+        state.pushed.append(batch)
+        state.wake(dirty=False)
 
     def bump_all(self) -> None:
         """Every watcher reads again (after a gap in notifications)."""
@@ -181,23 +248,42 @@ async def follow(
 ) -> AsyncIterator[StoredEvent]:
     """Stored events of `run_id` with id > `after`, then live ones until the run ends (or is
     deleted). Each read returns the new events and the run's status from one snapshot (one query
-    per wake-up); after it the reader waits to be woken (or the poll interval). A final status
-    means every event was already stored (the worker stores them before it changes the status),
-    so the stream is complete once that read's events are sent."""
+    per wake-up that needs one); after it the reader waits to be woken (or the poll interval). A
+    final status means every event was already stored (the worker stores them before it changes
+    the status), so the stream is complete once that read's events are sent. Events pushed in
+    notifications are taken without a read when they follow on the cursor; a pushed batch that
+    ends the run (`end`, with the final status) ends the stream the same way."""
     cursor = after
     with signals.watch(run_id) as watch:
+        read_at: int | None = None  # `watch.dirty` when last read (None: read now)
         while True:
             seen = watch.version
-            rows, status = await db.events_and_status(run_id, cursor, limit=PAGE)
-            for row in rows:
-                cursor = int(row["id"])
-                if wanted(row["event"], modes):
-                    yield StoredEvent(cursor, row["event"], row["data"])
-            if len(rows) == PAGE:
-                continue  # more are stored: read on
-            if status not in ACTIVE:
-                return
+            if read_at != watch.dirty:
+                read_at = watch.dirty
+                rows, status = await db.events_and_status(run_id, cursor, limit=PAGE)
+                for row in rows:
+                    cursor = int(row["id"])
+                    if wanted(row["event"], modes):
+                        yield StoredEvent(cursor, row["event"], row["data"])
+                if len(rows) == PAGE:
+                    read_at = None  # more are stored: read on
+                    continue
+                if status not in ACTIVE:
+                    return
+            # pushed batches that follow on the cursor, as stored (older ones were read)
+            while (batch := next((b for b in watch.pushed if b.prev == cursor), None)) is not None:
+                for ev in batch.events:
+                    cursor = ev.id
+                    if wanted(ev.event, modes):
+                        yield ev
+                if batch.status is not None and batch.status not in ACTIVE:
+                    return
+            if any(b.last > cursor for b in watch.pushed):
+                read_at = None  # a batch past a gap (this reader fell behind): read the table
+                continue
             await watch.wait_past(seen)
+            if watch.version == seen:  # the poll interval passed unwoken: read (SQLite's way)
+                read_at = None
 
 
 def parse_last_event_id(value: str | None) -> int:

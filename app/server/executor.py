@@ -426,9 +426,11 @@ class Executor:
                 ):
                     continue  # already sent from the updates stream above
                 await batcher.add(name, chunk)
-        finally:
-            await batcher.drain()  # every event is stored before the run's status changes
-        after = await graph.aget_state(config)
+        except BaseException:
+            await batcher.drain()  # what the run streamed before it failed or was cancelled
+            raise
+        # every event is stored before the run's status changes; the state is read meanwhile
+        _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
         usage = _usage_delta(
             (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}
         )

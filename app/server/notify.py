@@ -1,8 +1,9 @@
 """Cross-process wake-ups over Postgres LISTEN/NOTIFY: one listener per process.
 
 The app database sends a notification from the very statement that makes a change (`app.db`:
-`RUN_CHANNEL`, `CANCEL_CHANNEL`, `QUEUE_CHANNEL`; payload = run id), so it reaches listeners only
-after the change is committed. This module holds one dedicated connection per process (outside
+`RUN_CHANNEL`, `CANCEL_CHANNEL`, `QUEUE_CHANNEL`; payload = run id, and for stored events the
+events themselves when they fit: `app.db.PUSH_PAYLOAD_MAX`), so it reaches listeners only after
+the change is committed. This module holds one dedicated connection per process (outside
 the pool, so `LISTEN` stays in force), reads notifications as they arrive and fans them out to
 in-process callbacks: a run's streams and waiters (`RunSignals.bump`), the executor's cancel and
 claim wake-ups.

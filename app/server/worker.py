@@ -37,7 +37,7 @@ async def open_executor(
     executor = Executor(runner, registry, settings, execute=execute)
     listener: PgListener | None = None
     if settings.database_url is not None:
-        handlers: dict[str, Handler] = {RUN_CHANNEL: executor.signals.bump}
+        handlers: dict[str, Handler] = {RUN_CHANNEL: executor.signals.notified}
         if execute:
             handlers[CANCEL_CHANNEL] = executor.cancel_notice
             handlers[QUEUE_CHANNEL] = lambda _: executor.wake()

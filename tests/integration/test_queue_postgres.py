@@ -82,9 +82,9 @@ async def test_changes_are_announced_and_fanned_out_once_committed(
     def record(channel: str) -> Any:
         return lambda payload: heard.append((channel, payload))
 
-    def on_run(payload: str) -> None:
-        heard.append((RUN_CHANNEL, payload))
-        signals.bump(payload)
+    def on_run(payload: str) -> None:  # "<run id>", or "<run id> <events as JSON>"
+        heard.append((RUN_CHANNEL, payload.partition(" ")[0]))
+        signals.notified(payload)
 
     listener = PgListener(
         pg_dsn,
@@ -220,3 +220,59 @@ async def test_enqueue_is_one_statement_and_concurrent_claims_take_each_thread_o
     assert await db.finish_run("t0-r0", "success", {}, owner=owner)
     (nxt,) = await db.claim_runs("w9", lease_until(30), 5)
     assert nxt["run_id"] == "t0-r1"
+
+
+async def test_appended_events_reach_a_live_reader_in_the_notification_without_a_read(
+    pg: tuple[AppDB, Any], pg_dsn: str
+) -> None:
+    """An append's notification carries its events (when they fit) and the id of the run's event
+    before them: a reader at that id takes them as stored, without reading the table; a batch too
+    large for a notification, or the end of the run, still reaches it — by a read, or pushed with
+    the final status."""
+    db, _ = pg
+    await _queued(db, "t", "r")
+    await db.claim_runs("w", lease_until(30), 1)
+    (first,) = await db.append_events("r", [("metadata", '{"run_id":"r"}')], owner="w")
+    signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
+    reads: list[int] = []
+    real_read = db.events_and_status
+
+    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
+        reads.append(after_id)
+        return await real_read(run_id, after_id, limit)
+
+    db.events_and_status = counted  # type: ignore[method-assign]
+    listener = PgListener(pg_dsn, {RUN_CHANNEL: signals.notified}, signals)
+    await listener.start()
+    try:
+        got: list[tuple[int, str, str]] = []
+
+        async def read_all() -> None:
+            async for ev in follow(db, signals, "r"):
+                got.append((ev.id, ev.event, ev.data))
+
+        reader = asyncio.create_task(read_all())
+        await _until(lambda: len(got) == 1)  # stored before the reader came: its first read
+        assert len(reads) == 1 and got[0][0] == first
+
+        two = [("updates", '{"n":1}'), ("updates", '{"n":2}')]
+        small = await db.append_events("r", two, owner="w")
+        await _until(lambda: len(got) == 3)
+        assert len(reads) == 1  # pushed: not read back
+        assert got[1:] == [(small[0], "updates", '{"n":1}'), (small[1], "updates", '{"n":2}')]
+
+        big = '{"text":"' + "x" * 9000 + '"}'  # over a notification's 8000 bytes
+        (big_id,) = await db.append_events("r", [("values", big)], owner="w")
+        await _until(lambda: len(got) == 4)
+        assert got[3] == (big_id, "values", big) and len(reads) == 2  # announced, then read
+
+        (after_big,) = await db.append_events("r", [("updates", '{"n":3}')], owner="w")
+        await db.finish_run("r", "success", {}, owner="w", thread_status="idle", end_event=True)
+        await asyncio.wait_for(reader, 5)  # ended by the pushed `end`, with no read
+        assert len(reads) == 2
+        assert [e[0] for e in got[4:]] == [after_big, got[-1][0]]
+        assert got[-1][1:] == ("end", '{"run_id":"r","status":"success"}')
+        stored, status = await real_read("r", 0)
+        assert got == [(e["id"], e["event"], e["data"]) for e in stored] and status == "success"
+    finally:
+        await listener.stop()

@@ -14,6 +14,7 @@ The Postgres side (LISTEN/NOTIFY, cross-process streams, kill -9 of a worker) is
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, AppDB, open_sqlite_db
-from app.server.events import RunSignals
+from app.server.events import PUSHED_KEPT, RunSignals, follow
 from app.server.executor import Executor
 from app.server.notify import PgListener
 from app.server.registry import Registry
@@ -62,6 +63,100 @@ async def test_while_the_database_notifies_local_writes_do_not_wake_twice() -> N
         assert watch.version == 1 and signals.poll_interval() == 5.0
         signals.bump_all()  # after a gap in notifications every watcher reads again
         assert watch.version == 2
+
+
+class _EventTable:
+    """The read side of the event log in memory (`events_and_status`), counting reads."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.status = "running"
+        self.reads = 0
+
+    def store(self, *events: tuple[int, str, str]) -> str:
+        """Store events; returns the JSON a notification carries for them."""
+        prev = self.rows[-1]["id"] if self.rows else 0
+        self.rows += [{"id": i, "event": e, "data": d} for i, e, d in events]
+        return json.dumps({"r": "r", "p": prev, "e": [list(ev) for ev in events]})
+
+    async def events_and_status(
+        self, run_id: str, after_id: int, limit: int = 500
+    ) -> tuple[list[dict[str, Any]], str]:
+        self.reads += 1
+        return [r for r in self.rows if r["id"] > after_id][:limit], self.status
+
+
+async def test_pushed_events_that_follow_on_the_cursor_are_taken_without_a_read() -> None:
+    table, signals = _EventTable(), RunSignals(poll_s=30.0)
+    table.store((1, "metadata", "{}"))
+    got: list[tuple[int, str]] = []
+
+    async def read_all() -> None:
+        async for ev in follow(table, signals, "r"):  # type: ignore[arg-type]
+            got.append((ev.id, ev.event))
+
+    async def until(n: int) -> None:
+        for _ in range(200):
+            if len(got) >= n:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{len(got)} events, expected {n}")
+
+    reader = asyncio.create_task(read_all())
+    await until(1)
+    assert table.reads == 1
+    signals.notified("r " + table.store((5, "updates", "{}"), (9, "updates", "{}")))
+    await until(3)
+    assert table.reads == 1  # ids of other runs lie between: `p` says what follows on what
+    signals.notified("other-run " + table.store((10, "updates", "{}")))  # nobody watches it
+    table.rows.pop()
+
+    table.store((12, "updates", "{}"))  # stored, but its notification was lost ...
+    signals.notified("r " + table.store((14, "updates", "{}")))  # ... the next one shows a gap
+    await until(5)
+    assert got[3:] == [(12, "updates"), (14, "updates")] and table.reads == 2
+
+    signals.notified("r {not json")  # unreadable: read the table instead
+    await asyncio.sleep(0.02)
+    assert table.reads == 3 and len(got) == 5
+    signals.notified("r")  # a bare id (too large to push, a status change): read
+    await asyncio.sleep(0.02)
+    assert table.reads == 4
+
+    end = json.loads(table.store((20, "end", '{"status":"success"}')))
+    table.status = "success"
+    signals.notified("r " + json.dumps({**end, "s": "success"}))
+    await asyncio.wait_for(reader, 1.0)  # the pushed end and final status end the stream
+    assert got[-1] == (20, "end") and table.reads == 4
+    assert [i for i, _ in got] == [r["id"] for r in table.rows]  # each once, in order
+
+
+async def test_without_notifications_a_reader_polls_the_table() -> None:
+    """SQLite, or a listener reconnecting: another process's writes wake nobody; the reader
+    reads again each time the poll interval passes."""
+    table, signals = _EventTable(), RunSignals(poll_s=0.02)
+    reader = asyncio.create_task(_ids(follow(table, signals, "r")))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    table.store((3, "updates", "{}"), (4, "end", "{}"))  # written elsewhere, nobody told
+    table.status = "success"
+    assert await asyncio.wait_for(reader, 1.0) == [3, 4]
+    assert table.reads >= 2
+
+
+async def _ids(stream: Any) -> list[int]:
+    return [ev.id async for ev in stream]
+
+
+async def test_a_reader_that_falls_behind_the_kept_pushes_reads_the_table() -> None:
+    table, signals = _EventTable(), RunSignals(poll_s=30.0)
+    table.store((1, "metadata", "{}"))
+    stream = follow(table, signals, "r")  # type: ignore[arg-type]
+    assert (await anext(stream)).id == 1  # read; then the reader stops reading for a while
+    for i in range(2, PUSHED_KEPT + 4):  # more batches than are kept: the oldest are dropped
+        signals.notified("r " + table.store((i, "updates", "{}")))
+    table.status = "success"
+    rest = [ev.id async for ev in stream]
+    assert rest == list(range(2, PUSHED_KEPT + 4)) and table.reads == 2  # read from the gap on
 
 
 # --- fan-out ---------------------------------------------------------------------------------
