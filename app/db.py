@@ -937,25 +937,27 @@ class AppDB:
         return f"(SELECT json_group_array(json_array(ns, cid, tid, idx)) FROM ({rows}) x)"
 
     async def mark_run_started(
-        self, run_id: str, thread_id: str, graph_id: str, before_checkpoint_id: str | None
+        self, run_id: str, thread_id: str, graph_id: str, *, record_before: bool
     ) -> None:
-        """A claimed run starts: its thread becomes `busy` and, unless None, the checkpoint the
-        thread was at before the run is recorded with the writes pending on the thread's head
-        checkpoints (rollback goes back to exactly that). One statement on Postgres, one
-        transaction on SQLite."""
+        """A claimed run starts: its thread becomes `busy` and, with `record_before`, the
+        checkpoint the thread is at before the run (its root head; '' for none yet) is recorded
+        with the writes pending on the thread's head checkpoints (rollback goes back to exactly
+        that) — read here, in the same statement, so it needs no state read first. One statement
+        on Postgres, one transaction on SQLite."""
         now = iso_us(utcnow())
         thread_sql = (
             "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ? WHERE thread_id = ?"
         )
         thread_params = (graph_id, now, thread_id)
-        if before_checkpoint_id is None:
+        if not record_before:
             await self._b.execute(thread_sql, thread_params)
             return
         run_sql = (
-            f"UPDATE runs SET before_checkpoint_id = ?, before_writes = {self._head_writes_sql()},"
-            " updated_at = ? WHERE run_id = ?"
+            "UPDATE runs SET before_checkpoint_id = coalesce((SELECT max(checkpoint_id) FROM"
+            " checkpoints WHERE thread_id = ? AND checkpoint_ns = ''), ''),"
+            f" before_writes = {self._head_writes_sql()}, updated_at = ? WHERE run_id = ?"
         )
-        run_params = (before_checkpoint_id, thread_id, thread_id, now, run_id)
+        run_params = (thread_id, thread_id, thread_id, now, run_id)
         if self.dialect == "postgres":
             await self._b.execute(
                 f"WITH t AS ({thread_sql} RETURNING thread_id) {run_sql}",

@@ -51,13 +51,6 @@ def thread_status_of(snapshot: Any) -> str:
     return "interrupted" if (snapshot.interrupts or snapshot.tasks) else "idle"
 
 
-def checkpoint_id_of(config: Any) -> str | None:
-    if not config:
-        return None
-    value = (config.get("configurable") or {}).get("checkpoint_id")
-    return str(value) if value else None
-
-
 def run_config(run: dict[str, Any]) -> RunnableConfig:
     kw = run["kwargs"]
     user = kw.get("config") or {}
@@ -357,9 +350,17 @@ class Executor:
         """Stream the run into the event log; returns (run status, usage, thread status)."""
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
-        before = await graph.aget_state(config)
+        if run["attempt"] == 1:  # a new run: mark it started while its state is read
+            before, _ = await asyncio.gather(
+                graph.aget_state(config),
+                self.db.mark_run_started(
+                    run_id, run["thread_id"], run["graph_id"], record_before=True
+                ),
+            )
+        else:
+            before = await graph.aget_state(config)
         payload: Any
-        before_checkpoint: str | None = None
+        record_before = False
         if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
             payload = None  # this run already checkpointed: continue from there
             # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
@@ -379,9 +380,11 @@ class Executor:
                 if cmd
                 else kw.get("input")
             )
-            if run["attempt"] == 1 or run.get("before_checkpoint_id") is None:
-                before_checkpoint = checkpoint_id_of(before.config) or ""
-        await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"], before_checkpoint)
+            record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
+        if run["attempt"] > 1:
+            await self.db.mark_run_started(
+                run_id, run["thread_id"], run["graph_id"], record_before=record_before
+            )
         stream_config = dict(config)
         if kw.get("checkpoint_id") and payload is not None:
             stream_config["configurable"] = {

@@ -476,6 +476,9 @@ async def test_rollback_of_a_resume_restores_the_pending_approval(tmp_path: Path
             )
             before = (await client.get("/threads/t-rb/state")).json()
             assert before["interrupts"] and before["next"]
+            (first,) = (await client.get("/threads/t-rb/runs")).json()
+            db = app.state.services.db  # where each run started is recorded as it starts
+            assert (await db.get_run(first["run_id"]))["before_checkpoint_id"] == ""  # new thread
 
             run = (
                 await client.post(
@@ -490,6 +493,8 @@ async def test_rollback_of_a_resume_restores_the_pending_approval(tmp_path: Path
                 await asyncio.sleep(0.02)
             else:
                 raise AssertionError("the resumed run never checkpointed")
+            started_at = (await db.get_run(run["run_id"]))["before_checkpoint_id"]
+            assert started_at == before["checkpoint"]["checkpoint_id"]  # the head it resumed
             r = await client.post(
                 f"/threads/t-rb/runs/{run['run_id']}/cancel",
                 params={"action": "rollback", "wait": True},
