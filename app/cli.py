@@ -827,6 +827,9 @@ def serve(
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        # uvicorn's default (5 s) equals httpx's keep-alive expiry: a request sent on a pooled
+        # connection just as the server closes it fails with a ReadError (seen at 100 streams)
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
 
 

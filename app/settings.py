@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     sse_send_timeout_s: float = Field(
         30.0, gt=0, description="Give up on a client that stops reading."
     )
+    http_keep_alive_s: int = Field(
+        65,
+        ge=1,
+        description="How long an idle keep-alive connection stays open. Longer than clients "
+        "keep idle connections (httpx, under the SDK: 5 s; load balancers: 60 s), so a client "
+        "never sends a request on a connection the server is closing at that instant.",
+    )
     event_retention_hours: float = Field(
         168.0, gt=0, description="Event logs of runs that ended longer ago than this are deleted."
     )

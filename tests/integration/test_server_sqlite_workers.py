@@ -7,6 +7,7 @@ approval, the resume, each outbox item once, a cancel, and the runs in the serve
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 
@@ -91,3 +92,36 @@ async def test_cancel_reaches_the_worker_at_its_next_heartbeat(server: Server) -
     assert time.monotonic() - t0 < 10
     assert (await c.runs.get(tid, run["run_id"]))["status"] == "interrupted"
     assert (await c.threads.get(tid))["status"] != "busy"
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_expiry(server: Server) -> None:
+    """httpx (under the SDK) drops pooled connections idle for 5 s; uvicorn's own default closes
+    them at 5 s too, and a request sent at that instant fails (a ReadError at 100 streams). The
+    server keeps them `HTTP_KEEP_ALIVE_S` (65 s): one idle for 6 s still answers."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET /ok HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for pause in (0.0, 6.0):
+            time.sleep(pause)
+            sock.sendall(request)
+            head, body = _response(sock)
+            assert head.startswith(b"HTTP/1.1 200") and body == b'{"ok":true}', (pause, head)
+
+
+def _response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One whole HTTP/1.1 response (head, body) from `sock`; b"" head if the server closed it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b"", b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head, body
