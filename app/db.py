@@ -136,7 +136,8 @@ RUN_CHANNEL = "mkt_run"  # a run has new events or a final status: wake its stre
 # (`PUSH_PAYLOAD_MAX` bytes; Postgres's limit is 8000): "<run id> <JSON>", the JSON being
 # {"r": run id, "p": the run's last event id before these, "e": [[id, event, data], ...],
 #  "s": the run's status when these end it}; a stream that is at id "p" takes them without reading
-# them back (`app.server.events.follow`). Anything else sends the bare run id: read the table.
+# them back (`app.server.events.follow`). Anything else sends the bare run id: read the table
+# (so do all appends while Postgres's notification queue is over half full).
 PUSH_PAYLOAD_MAX = 7900
 CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker stops it now
 QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
@@ -301,10 +302,14 @@ class AppDB:
         run id, then (with `status`) the status that the events end the run with. No row when
         nothing was inserted."""
         end = ", 's', ?::text" if status else ""
+        # Postgres keeps its notification queue (8 GB) for the slowest listener: past half full
+        # (a listening process stuck, its connection open) only bare run ids are sent, so the
+        # queue fills no faster than it did before events were pushed
         return (
             ", prev AS (SELECT coalesce(max(id), 0) AS id FROM run_events WHERE run_id = ?)"
             ", push AS MATERIALIZED (SELECT CASE WHEN octet_length(b.payload) <= "
-            f"{PUSH_PAYLOAD_MAX} THEN b.payload ELSE b.run_id END AS payload FROM"
+            f"{PUSH_PAYLOAD_MAX} AND pg_notification_queue_usage() < 0.5"
+            " THEN b.payload ELSE b.run_id END AS payload FROM"
             " (SELECT min(i.run_id) AS run_id, min(i.run_id) || ' ' || json_build_object("
             "'r', min(i.run_id), 'p', (SELECT id FROM prev),"
             f" 'e', json_agg(json_build_array(i.id, i.event, i.data) ORDER BY i.id){end})::text"
