@@ -279,16 +279,20 @@ class AppDB:
     def dialect(self) -> str:
         return self._b.dialect
 
-    def _notifying(self, sql: str, *channels: str, also: str = "", columns: str = "") -> str:
+    def _notifying(
+        self, sql: str, *channels: str | tuple[str, str], also: str = "", columns: str = ""
+    ) -> str:
         """Postgres: run `sql` (a statement ending `RETURNING run_id, ...`) so that every row it
         changes also sends a NOTIFY on each channel (an SQL expression) with the run id as
-        payload — delivered when the change commits, never before. `also`: more CTEs that may
-        read `changed`; `columns`: more output columns. SQLite: `sql` unchanged."""
+        payload, or (channel, payload expression) — delivered when the change commits, never
+        before. `also`: more CTEs that may read `changed`; `columns`: more output columns.
+        SQLite: `sql` unchanged."""
         if self.dialect != "postgres":
             return sql
+        pairs = [(c, "changed.run_id") if isinstance(c, str) else c for c in channels]
         sends = ", ".join(
-            f"pg_notify({channel}, changed.run_id) AS _notify{i}"
-            for i, channel in enumerate(channels)
+            f"pg_notify({channel}, {payload}) AS _notify{i}"
+            for i, (channel, payload) in enumerate(pairs)
         )
         return f"WITH changed AS ({sql}){also} SELECT changed.*, {sends}{columns} FROM changed"
 
@@ -1050,20 +1054,16 @@ class AppDB:
                     " WHERE thread_id IN (SELECT thread_id FROM changed))"
                 )
                 params += [thread_status, now]
-            run_note = f"pg_notify('{RUN_CHANNEL}', changed.run_id)"
+            run_note: str | tuple[str, str] = f"'{RUN_CHANNEL}'"
             if end_event:  # the streams get `end` and the final status in the notification
                 also += (
                     ", ended AS (INSERT INTO run_events (run_id, event, data, created_at)"
                     " SELECT run_id, 'end', ?, ? FROM changed RETURNING id, run_id, event, data)"
                 ) + self._push_ctes("ended", status=True)
                 params += [end_data, now, run_id, status]
-                run_note = f"pg_notify('{RUN_CHANNEL}', (SELECT payload FROM push))"
-            rows = await self._b.fetchall(
-                f"WITH changed AS ({sql}){also} SELECT changed.run_id, {run_note} AS _n0,"
-                f" pg_notify('{QUEUE_CHANNEL}', changed.run_id) AS _n1 FROM changed",
-                params,
-            )
-            return len(rows) == 1
+                run_note = (f"'{RUN_CHANNEL}'", "(SELECT payload FROM push)")
+            sql = self._notifying(sql, run_note, f"'{QUEUE_CHANNEL}'", also=also)
+            return len(await self._b.fetchall(sql, params)) == 1
         async with self._b.transaction() as tx:
             rows = await tx.fetchall(sql, params)
             if rows and thread_status is not None:
@@ -1165,7 +1165,8 @@ class AppDB:
         )
         if self.dialect != "postgres":
             return sql, params
-        # the streams get the events in the notification (when they fit): no read back
+        # the streams get the events in the notification (when they fit): no read back. Not
+        # `_notifying`: its `changed.*` would send every event's data back to this process
         params.append(run_id)
         return (
             f"WITH changed AS ({sql}, event, data){self._push_ctes('changed')}"

@@ -123,5 +123,8 @@ def _response(sock: socket.socket) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:")
     )
     while len(body) < length:
-        body += sock.recv(4096)
+        chunk = sock.recv(4096)
+        if not chunk:  # closed mid-body
+            break
+        body += chunk
     return head, body
