@@ -782,28 +782,54 @@ class AppDB:
         return run
 
     async def claim_runs(
-        self, owner: str, lease_until: datetime, limit: int
+        self, owner: str, lease_until: datetime, limit: int, *, start: bool = False
     ) -> list[dict[str, Any]]:
         """Move up to `limit` pending runs to `running` under `owner`'s lease: for each thread only
         its oldest pending run, and only when the thread has no running run. The partial unique
-        index `runs_one_running` makes a lost race a unique violation, which is skipped."""
+        index `runs_one_running` makes a lost race a unique violation, which is skipped.
+
+        With `start` (an executor about to run them; needs the checkpointer's tables) the claimed
+        runs are also marked started as `mark_run_started` does — threads `busy`, and for a
+        first attempt the checkpoint it starts from — in the same statement on Postgres, so a
+        new run needs no other round trip before its graph starts."""
         if limit <= 0:
             return []
         if self.dialect == "postgres":
             # one statement; SKIP LOCKED: workers claiming at once take different runs
-            try:
-                rows = await self._b.fetchall(
-                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
-                    " attempt = attempt + 1, updated_at = ? WHERE status = 'pending' AND run_id IN"
-                    " (SELECT run_id FROM runs r WHERE status = 'pending'"
-                    " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
-                    "   AND x.status = 'running')"
-                    " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
-                    "   AND y.status = 'pending' AND y.started_at < r.started_at)"
-                    " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED)"
-                    f" RETURNING {RUN_COLS}",
-                    (owner, iso_us(lease_until), iso_us(utcnow()), limit),
+            now = iso_us(utcnow())
+            params: tuple[Any, ...] = (owner, iso_us(lease_until), now)
+            sets = (
+                "status = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1,"
+                " updated_at = ?"
+            )
+            if start:  # SET expressions see the row before the update: attempt 0 = never claimed
+                sets += (
+                    ", before_checkpoint_id = CASE WHEN runs.attempt = 0 THEN coalesce((SELECT"
+                    " max(checkpoint_id) FROM checkpoints WHERE thread_id = runs.thread_id AND"
+                    " checkpoint_ns = ''), '') ELSE runs.before_checkpoint_id END,"
+                    " before_writes = CASE WHEN runs.attempt = 0 THEN"
+                    f" {self._head_writes_sql('runs.thread_id')} ELSE runs.before_writes END"
                 )
+            update = (
+                f"UPDATE runs SET {sets} WHERE status = 'pending' AND run_id IN"
+                " (SELECT run_id FROM runs r WHERE status = 'pending'"
+                " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
+                "   AND x.status = 'running')"
+                " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
+                "   AND y.status = 'pending' AND y.started_at < r.started_at)"
+                " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {RUN_COLS}"
+            )
+            params += (limit,)
+            if start:
+                update = (
+                    f"WITH claimed AS ({update}), busy AS (UPDATE threads t SET status = 'busy',"
+                    " graph_id = c.graph_id, updated_at = ? FROM claimed c"
+                    " WHERE t.thread_id = c.thread_id) SELECT * FROM claimed"
+                )
+                params += (now,)
+            try:
+                rows = await self._b.fetchall(update, params)
                 return [_run_row(r) for r in rows]
             except Exception as exc:
                 if not is_unique_violation(exc):
@@ -831,7 +857,15 @@ class AppDB:
                 if not is_unique_violation(exc):
                     raise
                 continue
-            claimed += [_run_row(r) for r in rows]
+            for row in map(_run_row, rows):
+                if start:
+                    first = row["attempt"] == 1
+                    await self.mark_run_started(
+                        row["run_id"], row["thread_id"], row["graph_id"], record_before=first
+                    )
+                    if first:
+                        row = await self.get_run(row["run_id"]) or row
+                claimed.append(row)
         return claimed
 
     async def start_run_now(
@@ -922,20 +956,20 @@ class AppDB:
             return "checkpoint_writes", "metadata->>'run_id' = ?"
         return "writes", "json_extract(CAST(metadata AS TEXT), '$.run_id') = ?"
 
-    def _head_writes_sql(self) -> str:
+    def _head_writes_sql(self, thread: str = "?") -> str:
         """A JSON list of [ns, checkpoint id, task id, idx] of the writes pending on the thread's
         head checkpoints (one per namespace: the root's, an interrupted subgraph's), plus
-        [ns, id, null, null] for each head: what a rollback must leave on them. Bound: thread id
-        twice."""
+        [ns, id, null, null] for each head: what a rollback must leave on them. `thread` is the
+        SQL for the thread id: a parameter (bound twice) or a column of the enclosing query."""
         writes, _ = self._checkpoint_tables()
         heads = (
-            "SELECT c.checkpoint_ns, c.checkpoint_id FROM checkpoints c WHERE c.thread_id = ?"
+            f"SELECT c.checkpoint_ns, c.checkpoint_id FROM checkpoints c WHERE c.thread_id = {thread}"
             " AND NOT EXISTS (SELECT 1 FROM checkpoints d WHERE d.thread_id = c.thread_id AND"
             " d.checkpoint_ns = c.checkpoint_ns AND d.parent_checkpoint_id = c.checkpoint_id)"
         )
         rows = (
             f"SELECT h.checkpoint_ns AS ns, h.checkpoint_id AS cid, w.task_id AS tid, w.idx AS idx"
-            f" FROM ({heads}) h LEFT JOIN {writes} w ON w.thread_id = ? AND"
+            f" FROM ({heads}) h LEFT JOIN {writes} w ON w.thread_id = {thread} AND"
             " w.checkpoint_ns = h.checkpoint_ns AND w.checkpoint_id = h.checkpoint_id"
         )
         if self.dialect == "postgres":

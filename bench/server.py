@@ -231,7 +231,11 @@ def peer(tmp: Path, tag: str, **extra: str) -> Any:
     return start_server(f"langgraph dev ({tag})", cmd, env, tmp / f"peer-{tag}.log")
 
 
-def sdk_client(url: str, connections: int) -> Any:
+def sdk_client(url: str, connections: int = 2) -> Any:
+    """One SDK client, as one user's program has. Each simulated user gets its own: one client
+    shared by 100 concurrent streams spends most of the burst in httpcore's connection pool,
+    which scans every pooled connection for every request (O(n²): ~1 s of the bench's own CPU
+    for a burst of 100, more than the server's), and would time the bench, not the server."""
     from langgraph_sdk.client import LangGraphClient
 
     http = httpx.AsyncClient(
@@ -240,6 +244,16 @@ def sdk_client(url: str, connections: int) -> Any:
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
     return LangGraphClient(http)
+
+
+@asynccontextmanager
+async def sdk_clients(url: str, count: int) -> AsyncIterator[list[Any]]:
+    """`count` users' clients, closed at the end."""
+    clients = [sdk_client(url) for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        await asyncio.gather(*(c.http.client.aclose() for c in clients))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,19 +324,18 @@ async def one_run(client: Any, level: Level, round_no: int = 0) -> None:
 
 async def measure_level(url: str, streams: int, rounds: int) -> Level:
     level = Level(streams)
-    client = sdk_client(url, connections=streams + 10)
 
-    async def worker() -> None:
+    async def user(client: Any) -> None:
         for round_no in range(rounds):
             try:
                 await one_run(client, level, round_no)
             except (httpx.HTTPError, OSError) as exc:  # the SDK raises httpx errors
                 level.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(streams)))
-    level.wall_s = time.perf_counter() - t0
-    await client.http.client.aclose()
+    async with sdk_clients(url, streams) as clients:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(c) for c in clients))
+        level.wall_s = time.perf_counter() - t0
     return level
 
 
@@ -440,13 +453,12 @@ async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) ->
     run carries on). Those probes' TTFE is the time to first event *at* `held` concurrent
     streams, with runs executing and streaming meanwhile."""
     result = Held(held)
-    client = sdk_client(url, connections=held + probes + 10)
     open_now = started = 0
     all_started = asyncio.Event()
     stop = asyncio.Event()
     body = {"messages": [{"role": "user", "content": REQUEST}]}
 
-    async def hold() -> None:
+    async def hold(client: Any) -> None:
         nonlocal open_now, started
         while not stop.is_set():
             thread = await client.threads.create()
@@ -462,7 +474,7 @@ async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) ->
             finally:
                 open_now -= 1
 
-    async def probe() -> None:
+    async def probe(client: Any) -> None:
         thread = await client.threads.create()
         result.open_at_probe.append(open_now)
         t0 = time.perf_counter()
@@ -472,29 +484,29 @@ async def measure_held(url: str, held: int, probes: int, gap_s: float = 0.05) ->
             result.ttfe_ms.append((time.perf_counter() - t0) * 1000)
             break
 
-    holders = []
-    for _ in range(held):
-        holders.append(asyncio.create_task(hold()))
-        await asyncio.sleep(0.01)
-    try:
-        await asyncio.wait_for(all_started.wait(), 120)
-        tasks = []
-        for _ in range(probes):
-            tasks.append(asyncio.create_task(probe()))
-            await asyncio.sleep(gap_s)
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                result.errors.append(f"{type(outcome).__name__}: {outcome}"[:200])
-    except TimeoutError:
-        result.errors.append(f"only {started} of {held} held streams started within 120 s")
-    finally:
-        stop.set()
-        for task in holders:
-            task.cancel()
-        for outcome in await asyncio.gather(*holders, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                result.errors.append(f"held stream: {type(outcome).__name__}: {outcome}"[:200])
-        await client.http.client.aclose()
+    holders: list[asyncio.Task[None]] = []
+    async with sdk_clients(url, held + probes) as clients:
+        for client in clients[:held]:
+            holders.append(asyncio.create_task(hold(client)))
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(all_started.wait(), 120)
+            tasks = []
+            for client in clients[held:]:
+                tasks.append(asyncio.create_task(probe(client)))
+                await asyncio.sleep(gap_s)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    result.errors.append(f"{type(outcome).__name__}: {outcome}"[:200])
+        except TimeoutError:
+            result.errors.append(f"only {started} of {held} held streams started within 120 s")
+        finally:
+            stop.set()
+            for task in holders:
+                task.cancel()
+            for outcome in await asyncio.gather(*holders, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    result.errors.append(f"held stream: {type(outcome).__name__}: {outcome}"[:200])
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -44,3 +45,81 @@ async def converse(
         value = decide(view.interrupts[0]["value"][0])
         events += await drain(runner.resume(tid, value))
     raise AssertionError("too many approvals")
+
+
+async def check_claim_marks_runs_started(storage: Any) -> None:
+    """`claim_runs(start=True)` (what an executor calls) marks what it claims started exactly as
+    `mark_run_started` does — the thread `busy`, a first attempt's start checkpoint and the writes
+    pending on it — and a later attempt keeps the first one's record. `storage`: an open
+    `app.storage.Storage` (the checkpointer's tables are read)."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
+    from typing_extensions import TypedDict
+
+    from app.leases import lease_until
+
+    class S(TypedDict, total=False):
+        n: int
+        answer: str
+
+    def ask(state: S) -> S:
+        return {"answer": str(interrupt("ok?"))}
+
+    builder = StateGraph(S)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    graph = builder.compile(checkpointer=storage.checkpointer)
+    db = storage.db
+
+    async def queued(tid: str, rid: str) -> None:
+        await db.enqueue_run(
+            run_id=rid,
+            thread_id=tid,
+            tenant="default",
+            assistant_id="supervisor",
+            graph_id="supervisor",
+            kwargs={},
+            metadata={},
+            multitask_strategy="enqueue",
+        )
+
+    # a thread stopped at an interrupt: its head checkpoint has pending writes to keep
+    for tid in ("t-claim", "t-mark"):
+        await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
+        await graph.ainvoke({"n": 1}, {"configurable": {"thread_id": tid}})
+    head = (await graph.aget_state({"configurable": {"thread_id": "t-claim"}})).config
+    head_id = head["configurable"]["checkpoint_id"]
+
+    await queued("t-claim", "r-claim")
+    (run,) = await db.claim_runs("w1", lease_until(30), 5, start=True)
+    assert run["run_id"] == "r-claim" and run["attempt"] == 1
+    assert run["before_checkpoint_id"] == head_id  # returned with the claim
+    assert (await db.get_thread("t-claim"))["status"] == "busy"
+
+    await queued("t-mark", "r-mark")  # the same state, marked by the separate statement
+    (other,) = await db.claim_runs("w1", lease_until(30), 5)
+    assert other["before_checkpoint_id"] is None  # a plain claim marks nothing
+    await db.mark_run_started("r-mark", "t-mark", "supervisor", record_before=True)
+
+    async def before_writes(rid: str) -> list[list[Any]]:
+        rows = await db._b.fetchall("SELECT before_writes FROM runs WHERE run_id = ?", (rid,))
+        return sorted(
+            [w[0], "<head>" if w[1] else None, w[2] is not None, w[3]]
+            for w in json.loads(rows[0]["before_writes"])
+        )
+
+    claimed, marked = await before_writes("r-claim"), await before_writes("r-mark")
+    assert claimed == marked
+    assert any(w[2] for w in claimed)  # the interrupt's pending write is recorded
+
+    # the run's process dies after a checkpoint; the next attempt keeps the first start
+    from langgraph.types import Command
+
+    await graph.ainvoke(Command(resume="yes"), {"configurable": {"thread_id": "t-claim"}})
+    assert await db.requeue_run("r-claim", "w1")
+    await db.update_thread("t-claim", status="idle")
+    (again,) = await db.claim_runs("w2", lease_until(30), 5, start=True)
+    assert again["attempt"] == 2 and again["before_checkpoint_id"] == head_id
+    assert await before_writes("r-claim") == claimed
+    assert (await db.get_thread("t-claim"))["status"] == "busy"

@@ -27,7 +27,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command
+from langgraph.types import Command, StateSnapshot
 
 from app.db import LeaseLostError, utcnow
 from app.leases import is_stale, keep_lease, lease_until, new_owner
@@ -165,7 +165,7 @@ class Executor:
         if not self.accepting or free <= 0:
             return
         for run in await self.db.claim_runs(
-            self.owner, lease_until(self.settings.run_lease_s), free
+            self.owner, lease_until(self.settings.run_lease_s), free, start=True
         ):
             task = asyncio.create_task(self._execute(run), name=f"run:{run['run_id']}")
             self._tasks[run["run_id"]] = task
@@ -350,18 +350,14 @@ class Executor:
         """Stream the run into the event log; returns (run status, usage, thread status)."""
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
-        if run["attempt"] == 1:  # a new run: mark it started while its state is read
-            before, _ = await asyncio.gather(
-                graph.aget_state(config),
-                self.db.mark_run_started(
-                    run_id, run["thread_id"], run["graph_id"], record_before=True
-                ),
-            )
-        else:
+        # a first attempt was marked started by its claim (with the checkpoint it starts from):
+        # its graph starts now; the state before it is read at the end, beside the state after
+        before: StateSnapshot | None = None
+        if run["attempt"] > 1:
             before = await graph.aget_state(config)
         payload: Any
         record_before = False
-        if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
+        if before is not None and (before.metadata or {}).get("run_id") == run_id:
             payload = None  # this run already checkpointed: continue from there
             # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
             # it leaves out tasks whose writes were saved; a process killed after a superstep's
@@ -432,10 +428,12 @@ class Executor:
         except BaseException:
             await batcher.drain()  # what the run streamed before it failed or was cancelled
             raise
-        # every event is stored before the run's status changes; the state is read meanwhile
-        _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
+        # every event is stored before the run's status changes; the states are read meanwhile
+        _, after, before_values = await asyncio.gather(
+            batcher.drain(), graph.aget_state(config), self._values_before(graph, run, before)
+        )
         usage = _usage_delta(
-            (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}
+            before_values.get("usage") or {}, (after.values or {}).get("usage") or {}
         )
         for agent, u in usage.items():
             metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
@@ -445,6 +443,24 @@ class Executor:
             usage,
             thread_status,
         )
+
+    async def _values_before(
+        self, graph: Pregel, run: dict[str, Any], before: StateSnapshot | None
+    ) -> dict[str, Any]:
+        """The thread's values before the run: those read when this attempt started, else those
+        of the checkpoint its claim recorded ('': the thread had none)."""
+        if before is not None:
+            return dict(before.values or {})
+        checkpoint_id = run.get("before_checkpoint_id")
+        if not checkpoint_id:
+            return {}
+        config = run_config(run)
+        config["configurable"] = {
+            **config["configurable"],
+            "checkpoint_ns": "",
+            "checkpoint_id": checkpoint_id,
+        }
+        return dict((await graph.aget_state(config)).values or {})
 
     async def _after_cancel(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str

@@ -29,18 +29,22 @@ READY = "ready:"  # the supervisor waits for a worker's line containing this
 
 @contextlib.asynccontextmanager
 async def open_executor(
-    runner: Runner, registry: Registry, settings: Settings, *, execute: bool = True
+    runner: Runner,
+    registry: Registry,
+    settings: Settings,
+    *,
+    execute: bool = True,
+    serve: bool = True,
 ) -> AsyncIterator[Executor]:
     """An executor with this process's Postgres listener (none on SQLite), started; the caller
     stops it (`executor.stop(grace)`) before leaving, else it is stopped without grace. With
-    `execute=False` it claims nothing: it serves the request side (queue, cancel, streams)."""
+    `execute=False` it claims nothing: it serves the request side (queue, cancel, streams).
+    With `serve=False` (a worker process: no streams, no waiting requests) it does not listen
+    for runs' events, which every append announces with its events."""
     executor = Executor(runner, registry, settings, execute=execute)
     listener: PgListener | None = None
     if settings.database_url is not None:
-        handlers: dict[str, Handler] = {RUN_CHANNEL: executor.signals.notified}
-        if execute:
-            handlers[CANCEL_CHANNEL] = executor.cancel_notice
-            handlers[QUEUE_CHANNEL] = lambda _: executor.wake()
+        handlers = listener_handlers(executor, execute=execute, serve=serve)
 
         def on_reconnect() -> None:
             executor.signals.bump_all()
@@ -61,6 +65,18 @@ async def open_executor(
             await executor.stop(0)
         if listener is not None:
             await listener.stop()
+
+
+def listener_handlers(executor: Executor, *, execute: bool, serve: bool) -> dict[str, Handler]:
+    """The notification channels a process listens on: runs' events and ends where streams and
+    waiting requests are served; cancels and the queue where runs are executed."""
+    handlers: dict[str, Handler] = {}
+    if serve:
+        handlers[RUN_CHANNEL] = executor.signals.notified
+    if execute:
+        handlers[CANCEL_CHANNEL] = executor.cancel_notice
+        handlers[QUEUE_CHANNEL] = lambda _: executor.wake()
+    return handlers
 
 
 def _say(line: str) -> None:
@@ -115,7 +131,7 @@ async def run_worker(
     ) as runner:
         info = await asyncio.to_thread(runner.factory.ensure_ready)
         registry = Registry.load(runner.storage.checkpointer, settings.langgraph_config)
-        async with open_executor(runner, registry, settings) as executor:
+        async with open_executor(runner, registry, settings, serve=False) as executor:
             resumed = (
                 f" · resuming {executor.recovered} run(s) of stopped workers"
                 if executor.recovered

@@ -276,3 +276,15 @@ async def test_appended_events_reach_a_live_reader_in_the_notification_without_a
         assert got == [(e["id"], e["event"], e["data"]) for e in stored] and status == "success"
     finally:
         await listener.stop()
+
+
+async def test_an_executors_claim_marks_its_runs_started_in_the_same_statement(
+    pg_dsn: str, tmp_path: Any
+) -> None:
+    from app.settings import Settings
+    from app.storage import open_storage
+    from tests.helpers import check_claim_marks_runs_started
+
+    settings = Settings(model_provider="scripted", data_dir=tmp_path, database_url=pg_dsn)
+    async with open_storage(settings, migrate=True) as storage:
+        await check_claim_marks_runs_started(storage)

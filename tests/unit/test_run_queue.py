@@ -111,6 +111,16 @@ async def test_concurrent_claims_never_run_a_thread_twice(db: AppDB) -> None:
     assert sum(len(r) for r in results) == 1
 
 
+async def test_an_executors_claim_marks_its_runs_started(tmp_path: Path) -> None:
+    from app.settings import Settings
+    from app.storage import open_storage
+    from tests.helpers import check_claim_marks_runs_started
+
+    settings = Settings(model_provider="scripted", data_dir=tmp_path / "d")
+    async with open_storage(settings, migrate=True) as storage:
+        await check_claim_marks_runs_started(storage)
+
+
 async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
     await _thread(db, "t")
     await _enqueue(db, "t", "r")

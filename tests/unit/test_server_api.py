@@ -304,6 +304,15 @@ async def test_stream_interrupt_then_resume_over_sse(api: Any) -> None:
     assert (await client.get("/threads/t-run")).json()["status"] == "idle"
     runs = (await client.get("/threads/t-run/runs")).json()
     assert [x["status"] for x in runs] == ["success", "interrupted"]
+    # each run's usage is its own: the thread's totals less what it had before the run
+    db = api[1].state.services.db
+    resumed, first = [(await db.get_run(x["run_id"]))["usage"] for x in runs]
+    total = (await client.get("/threads/t-run/state")).json()["values"]["usage"]
+    assert first and resumed and set(first) | set(resumed) == set(total)
+    for agent, u in total.items():
+        parts = [r[agent]["calls"] for r in (first, resumed) if agent in r]
+        assert sum(parts) == u["calls"], agent
+    assert first["supervisor"]["calls"] >= 1 and resumed["supervisor"]["calls"] >= 1
     history = (await client.post("/threads/t-run/history", json={"limit": 100})).json()
     assert (
         history[0]["checkpoint"]["checkpoint_id"]

@@ -31,7 +31,7 @@ from app.server.executor import Executor
 from app.server.notify import PgListener
 from app.server.registry import Registry
 from app.server.supervisor import WorkerPool, WorkerStartError
-from app.server.worker import _watch_parent
+from app.server.worker import _watch_parent, listener_handlers
 from app.settings import Settings
 
 
@@ -221,8 +221,8 @@ async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     await _queue_run(db, "t", "r")
     claim = db.claim_runs
 
-    async def claim_then_cancelled(*args: Any) -> list[dict[str, Any]]:
-        rows = await claim(*args)
+    async def claim_then_cancelled(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = await claim(*args, **kwargs)
         await db.request_cancel("r", "interrupt")  # another process cancels ...
         executor.cancel_notice("r")  # ... and its notification is heard here first
         return rows
@@ -235,6 +235,21 @@ async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     assert run is not None and run["status"] == "interrupted" and run["error"] == "cancelled"
     executor.cancel_notice("not-here")  # a run of another worker: only remembered, briefly
     assert "not-here" in executor._cancel_notices
+
+
+def test_each_process_listens_only_to_the_channels_it_needs(executor: Executor) -> None:
+    """A worker process serves no streams: it does not hear every run's events (each append
+    announces them, up to 7.9 KB); a server without workers hears everything."""
+    assert set(listener_handlers(executor, execute=True, serve=False)) == {
+        CANCEL_CHANNEL,
+        QUEUE_CHANNEL,
+    }
+    assert set(listener_handlers(executor, execute=False, serve=True)) == {RUN_CHANNEL}
+    assert set(listener_handlers(executor, execute=True, serve=True)) == {
+        RUN_CHANNEL,
+        CANCEL_CHANNEL,
+        QUEUE_CHANNEL,
+    }
 
 
 # --- mkt worker ------------------------------------------------------------------------------
