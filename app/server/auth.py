@@ -22,13 +22,14 @@ instead of turning open.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
@@ -38,6 +39,8 @@ from app.apikeys import ROLE_RANK, ApiKey, Role
 from app.db import AppDB, utcnow
 from app.server import metrics
 from app.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 OPEN_TENANT = "default"
 CREATE_KEY_HINT = "mkt keys create --role admin --tenant NAME"
@@ -94,19 +97,42 @@ class KeyAuthenticator:
         # costs one lookup per TTL)
         self._keys: TTLCache[str, ApiKey | None] = TTLCache(max_entries, ttl_s, timer=timer)
         self._active: TTLCache[str, int] = TTLCache(1, ttl_s, timer=timer)
+        # lookups in flight: requests that miss the cache together share one database read
+        self._loading: dict[str, asyncio.Task[Any]] = {}
+
+    async def _shared(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.create_task(load(), name=f"auth:{key[:12]}")
+            self._loading[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # shielded: a caller that gives up does not cancel the others' read
+        result: T = await asyncio.shield(task)
+        return result
+
+    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
 
     async def active_key_count(self) -> int:
         count = self._active.get("n")
         if count is None:
-            count = await self.db.count_active_api_keys()
-            if self.ttl_s > 0:
-                self._active["n"] = count
+            count = await self._shared("active", self._count_active)
+        return count
+
+    async def _count_active(self) -> int:
+        count = await self.db.count_active_api_keys()
+        if self.ttl_s > 0:
+            self._active["n"] = count
         return count
 
     async def lookup(self, token: str) -> ApiKey | None:
         digest = apikeys.hash_token(token)
         if digest in self._keys:
             return self._keys[digest]
+        return await self._shared("key:" + digest, lambda: self._verify(token, digest))
+
+    async def _verify(self, token: str, digest: str) -> ApiKey | None:
         key = await apikeys.verify_token(self.db, token)
         if key is not None and key.active and _stale(key.last_used_at):
             await self.db.touch_api_key(key.key_id, utcnow())
@@ -118,6 +144,7 @@ class KeyAuthenticator:
         """Forget cached lookups (after this process created or revoked a key)."""
         self._keys.clear()
         self._active.clear()
+        self._loading.clear()  # reads begun before the change are not shared after it
 
 
 def _stale(last_used_at: str | None) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -162,6 +164,41 @@ async def test_revoked_key_stops_working_within_the_cache_time(tmp_path: Path, d
         revoked = await client.get("/whoami", headers=x_api_key(token))
         assert revoked.status_code == 401
         assert f"API key {key.key_id} was revoked" in revoked.json()["detail"]
+
+
+async def test_requests_that_miss_the_cache_together_share_one_read(
+    db: AppDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of requests arriving with the cache empty (or expired) makes one database read,
+    not one each; a caller that gives up does not cancel the others' read."""
+    key, token = await apikeys.create_key(db, role="viewer", tenant="acme")
+    reads = {"count": 0, "verify": 0}
+    count, verify = db.count_active_api_keys, apikeys.verify_token
+
+    async def slow_count() -> int:
+        reads["count"] += 1
+        await asyncio.sleep(0.05)
+        return await count()
+
+    async def slow_verify(db_: AppDB, token_: str) -> Any:
+        reads["verify"] += 1
+        await asyncio.sleep(0.05)
+        return await verify(db_, token_)
+
+    monkeypatch.setattr(db, "count_active_api_keys", slow_count)
+    monkeypatch.setattr(apikeys, "verify_token", slow_verify)
+    auth = KeyAuthenticator(db, ttl_s=2.0)
+    quitter = asyncio.create_task(auth.active_key_count())
+    await asyncio.sleep(0.01)
+    quitter.cancel()  # gives up while the read is in flight
+    counts = await asyncio.gather(*(auth.active_key_count() for _ in range(50)))
+    found = await asyncio.gather(*(auth.lookup(token) for _ in range(50)))
+    assert counts == [1] * 50 and reads["count"] == 1
+    assert {k.key_id for k in found if k is not None} == {key.key_id} and None not in found
+    assert reads["verify"] == 1
+    auth.invalidate()  # a change made here: the next requests read again, once
+    await asyncio.gather(*(auth.active_key_count() for _ in range(5)))
+    assert reads["count"] == 2
 
 
 async def test_key_use_is_recorded_without_a_write_per_request(tmp_path: Path, db: AppDB) -> None:
