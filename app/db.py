@@ -139,6 +139,10 @@ RUN_CHANNEL = "mkt_run"  # a run has new events or a final status: wake its stre
 # them back (`app.server.events.follow`). Anything else sends the bare run id: read the table
 # (so do all appends while Postgres's notification queue is over half full).
 PUSH_PAYLOAD_MAX = 7900
+# ... and only while Postgres's notification queue (8 GB, kept for the slowest listener) is less
+# full than this: past it (a listening process stuck with its connection open) only bare run ids
+# are sent, so the queue fills no faster than it did before events were pushed
+PUSH_MAX_QUEUE_USAGE = 0.5
 CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker stops it now
 QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
 EVENTS_PER_STATEMENT = 500
@@ -306,13 +310,10 @@ class AppDB:
         run id, then (with `status`) the status that the events end the run with. No row when
         nothing was inserted."""
         end = ", 's', ?::text" if status else ""
-        # Postgres keeps its notification queue (8 GB) for the slowest listener: past half full
-        # (a listening process stuck, its connection open) only bare run ids are sent, so the
-        # queue fills no faster than it did before events were pushed
         return (
             ", prev AS (SELECT coalesce(max(id), 0) AS id FROM run_events WHERE run_id = ?)"
             ", push AS MATERIALIZED (SELECT CASE WHEN octet_length(b.payload) <= "
-            f"{PUSH_PAYLOAD_MAX} AND pg_notification_queue_usage() < 0.5"
+            f"{PUSH_PAYLOAD_MAX} AND pg_notification_queue_usage() < {PUSH_MAX_QUEUE_USAGE!r}"
             " THEN b.payload ELSE b.run_id END AS payload FROM"
             " (SELECT min(i.run_id) AS run_id, min(i.run_id) || ' ' || json_build_object("
             "'r', min(i.run_id), 'p', (SELECT id FROM prev),"
@@ -1207,6 +1208,13 @@ class AppDB:
             f" SELECT changed.id, changed.run_id, pg_notify('{RUN_CHANNEL}', push.payload) AS _n"
             " FROM changed, push"
         ), params
+
+    async def notification_queue_usage(self) -> float | None:
+        """How full Postgres's notification queue is (0 to 1); None on SQLite (no queue)."""
+        if self.dialect != "postgres":
+            return None
+        rows = await self._b.fetchall("SELECT pg_notification_queue_usage() AS usage")
+        return float(rows[0]["usage"])
 
     async def events_after(
         self, run_id: str, after_id: int, limit: int = 500

@@ -84,6 +84,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.notify_queue_usage = Gauge(
+            "mkt_postgres_notification_queue_usage",
+            "How full Postgres's notification queue is (0-1), read at each scrape. Streams get "
+            "their events in notifications only while it is under half full; a value that "
+            "keeps rising means a listening session is stuck.",
+            registry=r,
+            multiprocess_mode="mostrecent",  # set by the server process only
+        )
         self.tokens = Counter(
             "mkt_tokens",
             "Model tokens used, by agent and direction (input, output).",
@@ -204,6 +212,10 @@ def usage_recorded(agent: str, input_tokens: int, output_tokens: int, cost_usd: 
         m.tokens.labels(agent=name, direction="output").inc(output_tokens)
     if cost_usd > 0:
         m.cost.labels(agent=name).inc(cost_usd)
+
+
+def notification_queue_read(usage: float) -> None:
+    _current.notify_queue_usage.set(usage)
 
 
 def rate_limited() -> None:

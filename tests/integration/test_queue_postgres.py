@@ -278,6 +278,57 @@ async def test_appended_events_reach_a_live_reader_in_the_notification_without_a
         await listener.stop()
 
 
+async def test_while_the_notification_queue_is_filling_appends_announce_bare_run_ids(
+    pg: tuple[AppDB, Any], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `PUSH_MAX_QUEUE_USAGE` (a listener stuck with its connection open holds the queue)
+    appends send the bare run id, not their events: a reader reads each batch from the table,
+    still once each and in order. (The queue is 8 GB: the threshold is lowered to 0 here.)"""
+    import app.db
+
+    monkeypatch.setattr(app.db, "PUSH_MAX_QUEUE_USAGE", 0.0)
+    db, _ = pg
+    await _queued(db, "t", "r")
+    await db.claim_runs("w", lease_until(30), 1)
+    signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
+    payloads: list[str] = []
+    reads: list[int] = []
+    real_read = db.events_and_status
+
+    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
+        reads.append(after_id)
+        return await real_read(run_id, after_id, limit)
+
+    def heard(payload: str) -> None:
+        payloads.append(payload)
+        signals.notified(payload)
+
+    db.events_and_status = counted  # type: ignore[method-assign]
+    listener = PgListener(pg_dsn, {RUN_CHANNEL: heard}, signals)
+    await listener.start()
+    try:
+        got: list[int] = []
+
+        async def read_all() -> None:
+            async for ev in follow(db, signals, "r"):
+                got.append(ev.id)
+
+        reader = asyncio.create_task(read_all())
+        await _until(lambda: len(reads) == 1)  # its first read: nothing stored yet
+        ids: list[int] = []
+        for n in range(1, 4):
+            ids += await db.append_events("r", [("updates", f'{{"n":{n}}}')], owner="w")
+            await _until(lambda n=n: len(got) == n)  # type: ignore[misc]
+        await db.finish_run("r", "success", {}, owner="w", thread_status="idle", end_event=True)
+        await asyncio.wait_for(reader, 5)
+        assert payloads == ["r"] * 4  # three appends and the end: bare ids only
+        assert len(reads) == 5  # the first read, then one per announcement
+        stored, _ = await real_read("r", 0)
+        assert got == [e["id"] for e in stored] and got[:3] == ids
+    finally:
+        await listener.stop()
+
+
 async def test_an_executors_claim_marks_its_runs_started_in_the_same_statement(
     pg_dsn: str, tmp_path: Any
 ) -> None:

@@ -144,6 +144,8 @@ async def test_runs_execute_in_the_worker_and_stream_live_through_the_server(
     assert seen[("mkt_runs_total", (("status", "interrupted"),))] >= 1
     assert seen[("mkt_run_duration_seconds_count", (("status", "success"),))] >= 1
     assert seen[("mkt_tokens_total", (("agent", "social"), ("direction", "output")))] > 0
+    # read from Postgres at the scrape: an idle queue (every listener keeps up) is ~empty
+    assert 0 <= seen[("mkt_postgres_notification_queue_usage", ())] < 0.01
     await no_active_runs(server)
 
 

@@ -42,6 +42,9 @@ async def info(svc: Svc) -> dict[str, Any]:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def prometheus(request: Request) -> Response:
+async def prometheus(request: Request, svc: Svc) -> Response:
+    usage = await svc.db.notification_queue_usage()
+    if usage is not None:
+        metrics.notification_queue_read(usage)
     body, content_type = metrics.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)
