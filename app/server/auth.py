@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
@@ -100,7 +100,7 @@ class KeyAuthenticator:
         # lookups in flight: requests that miss the cache together share one database read
         self._loading: dict[str, asyncio.Task[Any]] = {}
 
-    async def _shared(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+    async def _shared(self, key: str, load: Callable[[], Coroutine[Any, Any, T]]) -> T:
         task = self._loading.get(key)
         if task is None:
             task = asyncio.create_task(load(), name=f"auth:{key[:12]}")
