@@ -147,6 +147,24 @@ CANCEL_CHANNEL = "mkt_cancel"  # cancel requested for a running run: its worker 
 QUEUE_CHANNEL = "mkt_queue"  # a run became claimable (queued or released): wake the workers
 EVENTS_PER_STATEMENT = 500
 
+# LangGraph's Postgres checkpointer stores channel values once per version in checkpoint_blobs;
+# a checkpoint names the versions it uses in `channel_versions`. A rollback deletes a run's
+# checkpoints {delete} and, in the same statement, the blobs of versions they used that no kept
+# checkpoint uses (what the checkpointer's own `prune` does; every CTE sees the rows before the
+# delete, so the kept ones are those not deleted). Parameters: {delete}'s, then the thread id.
+_DELETE_WITH_BLOBS_SQL = (
+    "WITH deleted AS ({delete} RETURNING checkpoint_id, checkpoint_ns,"
+    " checkpoint -> 'channel_versions' AS versions),"
+    " freed AS (SELECT DISTINCT d.checkpoint_ns AS ns, v.key AS channel, v.value AS version"
+    " FROM deleted d CROSS JOIN LATERAL jsonb_each_text(d.versions) AS v),"
+    " blobs AS (DELETE FROM checkpoint_blobs b USING freed f WHERE b.thread_id = ?"
+    " AND b.checkpoint_ns = f.ns AND b.channel = f.channel AND b.version = f.version"
+    " AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id"
+    " AND c.checkpoint_ns = b.checkpoint_ns AND c.checkpoint -> 'channel_versions' ->> b.channel"
+    " = b.version AND c.checkpoint_id NOT IN (SELECT checkpoint_id FROM deleted)))"
+    " SELECT checkpoint_id FROM deleted"
+)
+
 _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
@@ -591,10 +609,13 @@ class AppDB:
                 f" (SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND {match})",
                 (thread_id, thread_id, run_id),
             )
-            rows = await tx.fetchall(
-                f"DELETE FROM checkpoints WHERE thread_id = ? AND {match} RETURNING checkpoint_id",
-                (thread_id, run_id),
-            )
+            delete = f"DELETE FROM checkpoints WHERE thread_id = ? AND {match}"
+            if self.dialect == "postgres":  # and the channel values only they used
+                rows = await tx.fetchall(
+                    _DELETE_WITH_BLOBS_SQL.format(delete=delete), (thread_id, run_id, thread_id)
+                )
+            else:  # SQLite's checkpointer keeps values in the checkpoint
+                rows = await tx.fetchall(f"{delete} RETURNING checkpoint_id", (thread_id, run_id))
             # the run also wrote onto the heads it started from (a resumed approval, tasks that
             # finished before the next checkpoint): keep only what was pending there at its start
             kept: dict[tuple[str, str], set[tuple[str, int]]] = {}

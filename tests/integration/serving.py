@@ -149,6 +149,17 @@ def outbox(dsn: str, thread_id: str) -> list[tuple[str, int]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def channel_blobs(dsn: str, thread_id: str) -> set[tuple[str, str, str]]:
+    """The (namespace, channel, version) of every stored channel value of a thread (Postgres
+    checkpointer)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT checkpoint_ns, channel, version FROM checkpoint_blobs WHERE thread_id = %s",
+            (thread_id,),
+        ).fetchall()
+    return {(r[0], r[1], r[2]) for r in rows}
+
+
 def run_row(dsn: str, run_id: str) -> dict[str, Any]:
     with psycopg.connect(dsn, row_factory=psycopg.rows.dict_row) as conn:
         row = conn.execute("SELECT * FROM runs WHERE run_id = %s", (run_id,)).fetchone()

@@ -22,6 +22,7 @@ from app.local_llm import free_port
 from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 from tests.integration.serving import (
     Server,
+    channel_blobs,
     migrate,
     outbox,
     start_server,
@@ -206,9 +207,12 @@ async def test_sdk_cancel_and_double_texting(server: Server) -> None:
 
     # rollback: the thread goes back to where it was, the run is deleted
     before = await c.threads.get_state(tid)
+    blobs = channel_blobs(server.dsn, tid)
     doomed = await c.runs.create(tid, "supervisor", input=user(CAMPAIGN))
     await asyncio.sleep(0.3)
+    assert channel_blobs(server.dsn, tid) > blobs  # it stored values of its own ...
     await c.runs.cancel(tid, doomed["run_id"], wait=True, action="rollback")
+    assert channel_blobs(server.dsn, tid) == blobs  # ... which went with its checkpoints
     with pytest.raises(NotFoundError):
         await c.runs.get(tid, doomed["run_id"])
     after = await c.threads.get_state(tid)
