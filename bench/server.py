@@ -665,6 +665,9 @@ def verdicts(results: Results) -> list[tuple[bool | None, str]]:
         if top is not None and top.ttfe_ms:
             when = f", {top.streams} streams started at once and rounds after"
             out.append(ttfe_verdict(name, top.ttfe_ms, when))
+        if top is not None and top.ttfe_later_ms:
+            when = f" at {top.streams} streams, rounds 2+ (no simultaneous burst)"
+            out.append(ttfe_verdict(name, top.ttfe_later_ms, when))
         held = results.held.get(name)
         if held is not None and held.ttfe_ms:
             when = f" of a new stream while {held.held} streams are open"
