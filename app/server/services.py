@@ -41,7 +41,9 @@ class Services:
         return self.runner.storage.db
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async, though it awaits nothing: FastAPI runs a sync dependency in its thread pool, a
+    # thread hop on every request
     svc: Services | None = getattr(request.app.state, "services", None)
     if svc is None:
         raise HTTPException(503, "the server is starting up; retry shortly")

@@ -5,6 +5,7 @@ the graph registry agreeing with langgraph.json, and one real run through the ba
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,6 +52,35 @@ def sse_events(text: str) -> list[dict[str, Any]]:
             fields["data"] = json.loads(fields["data"]) if fields.get("data") else None
             out.append(fields)
     return out
+
+
+def test_every_route_and_dependency_runs_on_the_event_loop(settings: Settings) -> None:
+    """FastAPI runs a plain `def` endpoint or dependency in its thread pool: a thread hop on
+    every request (it showed up as ~1/7 of a run creation's server CPU). All are `async def`."""
+    from fastapi.routing import APIRoute
+
+    def sync_calls(dependant: Any) -> list[str]:
+        found = (
+            []
+            if dependant.call is None or inspect.iscoroutinefunction(dependant.call)
+            else [getattr(dependant.call, "__qualname__", repr(dependant.call))]
+        )
+        for sub in dependant.dependencies:
+            found += sync_calls(sub)
+        return found
+
+    def api_routes(routes: list[Any]) -> list[APIRoute]:
+        found: list[APIRoute] = []
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            elif hasattr(route, "original_router"):  # an included router (FastAPI >= 0.16x)
+                found += api_routes(route.original_router.routes)
+        return found
+
+    routes = api_routes(create_app(settings).routes)
+    assert len(routes) > 30
+    assert {r.path: sync_calls(r.dependant) for r in routes if sync_calls(r.dependant)} == {}
 
 
 # --- graphs: one source of truth ---------------------------------------------------------------
