@@ -113,6 +113,8 @@ class KeyAuthenticator:
     def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
         if self._loading.get(key) is task:
             del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: its waiters got it, or all of them gave up
 
     async def active_key_count(self) -> int:
         count = self._active.get("n")
