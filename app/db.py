@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,9 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiosqlite
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 SCHEMA_VERSION = 3
+
+# what a database that is briefly unreachable, restarting, locked or out of pooled connections
+# raises (psycopg_pool.PoolTimeout is a psycopg.Error): background loops log these and retry
+DB_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error, psycopg.Error)
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)""",
@@ -868,26 +874,33 @@ class AppDB:
         )
         claimed: list[dict[str, Any]] = []
         for cand in candidates:
-            try:
-                rows = await self._b.fetchall(
-                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
-                    " attempt = attempt + 1, updated_at = ? WHERE run_id = ? AND status = 'pending'"
-                    f" RETURNING {RUN_COLS}",
-                    (owner, iso_us(lease_until), iso_us(utcnow()), cand["run_id"]),
-                )
+            now = iso_us(utcnow())
+            try:  # claimed and marked started together, or neither (no run left `running`)
+                async with self._b.transaction() as tx:
+                    rows = await tx.fetchall(
+                        "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+                        " attempt = attempt + 1, updated_at = ? WHERE run_id = ?"
+                        f" AND status = 'pending' RETURNING {RUN_COLS}",
+                        (owner, iso_us(lease_until), now, cand["run_id"]),
+                    )
+                    if start and rows:
+                        run = _run_row(rows[0])
+                        for sql, params in self._start_statements(
+                            run["run_id"],
+                            run["thread_id"],
+                            run["graph_id"],
+                            record_before=run["attempt"] == 1,
+                            now=now,
+                        ):
+                            await tx.execute(sql, params)
+                        rows = await tx.fetchall(
+                            f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (cand["run_id"],)
+                        )
             except Exception as exc:
                 if not is_unique_violation(exc):
                     raise
                 continue
-            for row in map(_run_row, rows):
-                if start:
-                    first = row["attempt"] == 1
-                    await self.mark_run_started(
-                        row["run_id"], row["thread_id"], row["graph_id"], record_before=first
-                    )
-                    if first:
-                        row = await self.get_run(row["run_id"]) or row
-                claimed.append(row)
+            claimed += [_run_row(r) for r in rows]
         return claimed
 
     async def start_run_now(
@@ -1009,20 +1022,13 @@ class AppDB:
         with the writes pending on the thread's head checkpoints (rollback goes back to exactly
         that) — read here, in the same statement, so it needs no state read first. One statement
         on Postgres, one transaction on SQLite."""
-        now = iso_us(utcnow())
-        thread_sql = (
-            "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ? WHERE thread_id = ?"
+        statements = self._start_statements(
+            run_id, thread_id, graph_id, record_before=record_before, now=iso_us(utcnow())
         )
-        thread_params = (graph_id, now, thread_id)
-        if not record_before:
-            await self._b.execute(thread_sql, thread_params)
+        if len(statements) == 1:
+            await self._b.execute(*statements[0])
             return
-        run_sql = (
-            "UPDATE runs SET before_checkpoint_id = coalesce((SELECT max(checkpoint_id) FROM"
-            " checkpoints WHERE thread_id = ? AND checkpoint_ns = ''), ''),"
-            f" before_writes = {self._head_writes_sql()}, updated_at = ? WHERE run_id = ?"
-        )
-        run_params = (thread_id, thread_id, thread_id, now, run_id)
+        (thread_sql, thread_params), (run_sql, run_params) = statements
         if self.dialect == "postgres":
             await self._b.execute(
                 f"WITH t AS ({thread_sql} RETURNING thread_id) {run_sql}",
@@ -1030,8 +1036,30 @@ class AppDB:
             )
             return
         async with self._b.transaction() as tx:
-            await tx.execute(thread_sql, thread_params)
-            await tx.execute(run_sql, run_params)
+            for sql, params in statements:
+                await tx.execute(sql, params)
+
+    def _start_statements(
+        self, run_id: str, thread_id: str, graph_id: str, *, record_before: bool, now: str
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """What marks a claimed run started (`mark_run_started`), as statements."""
+        out: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "UPDATE threads SET status = 'busy', graph_id = ?, updated_at = ?"
+                " WHERE thread_id = ?",
+                (graph_id, now, thread_id),
+            )
+        ]
+        if record_before:
+            out.append(
+                (
+                    "UPDATE runs SET before_checkpoint_id = coalesce((SELECT max(checkpoint_id)"
+                    " FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ''), ''),"
+                    f" before_writes = {self._head_writes_sql()}, updated_at = ? WHERE run_id = ?",
+                    (thread_id, thread_id, thread_id, now, run_id),
+                )
+            )
+        return out
 
     async def set_run_fields(self, run_id: str, **fields: Any) -> None:
         allowed = {"before_checkpoint_id", "provider", "cancel_action", "kwargs"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -16,8 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.db import AppDB, ThreadBusyError, utcnow
+from app.db import DB_ERRORS, AppDB, ThreadBusyError, utcnow
 from app.errors import AppError
+
+log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 
@@ -111,7 +114,11 @@ async def keep_lease(
     async def beat() -> None:
         while True:
             await asyncio.sleep(lease_s / 3)
-            result = await db.renew_lease(run_id, owner, lease_until(lease_s))
+            try:
+                result = await db.renew_lease(run_id, owner, lease_until(lease_s))
+            except DB_ERRORS as exc:  # the next beat retries; the lease outlasts two misses
+                log.warning("renewing the lease of run %s failed: %s", run_id, exc)
+                continue
             if result is False:
                 on_lost()
                 return

@@ -99,6 +99,7 @@ class KeyAuthenticator:
         self._active: TTLCache[str, int] = TTLCache(1, ttl_s, timer=timer)
         # lookups in flight: requests that miss the cache together share one database read
         self._loading: dict[str, asyncio.Task[Any]] = {}
+        self._generation = 0  # moves on `invalidate`: reads begun before it are not cached
 
     async def _shared(self, key: str, load: Callable[[], Coroutine[Any, Any, T]]) -> T:
         task = self._loading.get(key)
@@ -123,8 +124,9 @@ class KeyAuthenticator:
         return count
 
     async def _count_active(self) -> int:
+        generation = self._generation
         count = await self.db.count_active_api_keys()
-        if self.ttl_s > 0:
+        if self.ttl_s > 0 and generation == self._generation:
             self._active["n"] = count
         return count
 
@@ -135,10 +137,11 @@ class KeyAuthenticator:
         return await self._shared("key:" + digest, lambda: self._verify(token, digest))
 
     async def _verify(self, token: str, digest: str) -> ApiKey | None:
+        generation = self._generation
         key = await apikeys.verify_token(self.db, token)
         if key is not None and key.active and _stale(key.last_used_at):
             await self.db.touch_api_key(key.key_id, utcnow())
-        if self.ttl_s > 0:
+        if self.ttl_s > 0 and generation == self._generation:
             self._keys[digest] = key
         return key
 
@@ -146,7 +149,9 @@ class KeyAuthenticator:
         """Forget cached lookups (after this process created or revoked a key)."""
         self._keys.clear()
         self._active.clear()
-        self._loading.clear()  # reads begun before the change are not shared after it
+        # reads begun before the change are neither shared nor cached after it
+        self._loading.clear()
+        self._generation += 1
 
 
 def _stale(last_used_at: str | None) -> bool:

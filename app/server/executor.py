@@ -27,9 +27,9 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command
 
-from app.db import LeaseLostError, utcnow
+from app.db import DB_ERRORS, LeaseLostError, utcnow
 from app.leases import is_stale, keep_lease, lease_until, new_owner
 from app.runner import RECURSION_LIMIT, Runner, _usage_delta, parse_context
 from app.server import metrics
@@ -41,6 +41,8 @@ from graphs.context import MarketingContext
 from tools.knowledge import DEFAULT_TENANT
 
 log = logging.getLogger("mkt.server")
+# a background loop logs these and tries again next round
+_RETRIED: tuple[type[Exception], ...] = (*DB_ERRORS, RuntimeError)
 
 
 class RunGaveUpError(RuntimeError):
@@ -156,7 +158,7 @@ class Executor:
             self._wake.clear()
             try:
                 await self.claim()
-            except (OSError, RuntimeError) as exc:  # database unreachable: retry next round
+            except _RETRIED as exc:  # database unreachable: retry next round
                 log.warning("claiming runs failed: %s", exc)
                 await asyncio.sleep(1.0)
 
@@ -179,7 +181,7 @@ class Executor:
                 await self.sweep()
                 if time.monotonic() - self._last_prune > 3600:
                     await self.prune()
-            except (OSError, RuntimeError) as exc:
+            except _RETRIED as exc:
                 log.warning("sweep failed: %s", exc)
 
     async def sweep(self) -> int:
@@ -350,14 +352,14 @@ class Executor:
         """Stream the run into the event log; returns (run status, usage, thread status)."""
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
-        # a first attempt was marked started by its claim (with the checkpoint it starts from):
-        # its graph starts now; the state before it is read at the end, beside the state after
-        before: StateSnapshot | None = None
-        if run["attempt"] > 1:
-            before = await graph.aget_state(config)
+        # the claim marked the run started (a first attempt with the checkpoint it starts from).
+        # The state before it is read live, before the graph writes: its values include what
+        # finished tasks saved on that checkpoint (its usage is the base of this run's usage),
+        # which a read at a given checkpoint id leaves out and which a resumed run adds to
+        before = await graph.aget_state(config)
         payload: Any
         record_before = False
-        if before is not None and (before.metadata or {}).get("run_id") == run_id:
+        if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
             payload = None  # this run already checkpointed: continue from there
             # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
             # it leaves out tasks whose writes were saved; a process killed after a superstep's
@@ -428,12 +430,10 @@ class Executor:
         except BaseException:
             await batcher.drain()  # what the run streamed before it failed or was cancelled
             raise
-        # every event is stored before the run's status changes; the states are read meanwhile
-        _, after, before_values = await asyncio.gather(
-            batcher.drain(), graph.aget_state(config), self._values_before(graph, run, before)
-        )
+        # every event is stored before the run's status changes; the state is read meanwhile
+        _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
         usage = _usage_delta(
-            before_values.get("usage") or {}, (after.values or {}).get("usage") or {}
+            (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}
         )
         for agent, u in usage.items():
             metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
@@ -443,24 +443,6 @@ class Executor:
             usage,
             thread_status,
         )
-
-    async def _values_before(
-        self, graph: Pregel, run: dict[str, Any], before: StateSnapshot | None
-    ) -> dict[str, Any]:
-        """The thread's values before the run: those read when this attempt started, else those
-        of the checkpoint its claim recorded ('': the thread had none)."""
-        if before is not None:
-            return dict(before.values or {})
-        checkpoint_id = run.get("before_checkpoint_id")
-        if not checkpoint_id:
-            return {}
-        config = run_config(run)
-        config["configurable"] = {
-            **config["configurable"],
-            "checkpoint_ns": "",
-            "checkpoint_id": checkpoint_id,
-        }
-        return dict((await graph.aget_state(config)).values or {})
 
     async def _after_cancel(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str

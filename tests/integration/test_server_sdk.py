@@ -209,8 +209,12 @@ async def test_sdk_cancel_and_double_texting(server: Server) -> None:
     before = await c.threads.get_state(tid)
     blobs = channel_blobs(server.dsn, tid)
     doomed = await c.runs.create(tid, "supervisor", input=user(CAMPAIGN))
-    await asyncio.sleep(0.3)
-    assert channel_blobs(server.dsn, tid) > blobs  # it stored values of its own ...
+    for _ in range(200):  # it stores values of its own ...
+        if channel_blobs(server.dsn, tid) > blobs:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the doomed run stored no channel values")
     await c.runs.cancel(tid, doomed["run_id"], wait=True, action="rollback")
     assert channel_blobs(server.dsn, tid) == blobs  # ... which went with its checkpoints
     with pytest.raises(NotFoundError):

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from app.leases import (
     HOST,
     ThreadBusyAppError,
     is_stale,
+    keep_lease,
     lease_until,
     new_owner,
     owner_is_dead,
@@ -119,6 +121,51 @@ async def test_an_executors_claim_marks_its_runs_started(tmp_path: Path) -> None
     settings = Settings(model_provider="scripted", data_dir=tmp_path / "d")
     async with open_storage(settings, migrate=True) as storage:
         await check_claim_marks_runs_started(storage)
+
+
+async def test_a_claim_that_cannot_mark_its_run_started_leaves_it_queued(db: AppDB) -> None:
+    """Claiming and marking started are one transaction: when marking fails (here: no
+    checkpointer tables in this bare database) the run is still pending, not `running` under an
+    owner that will never execute it."""
+    await _thread(db, "t")
+    await _enqueue(db, "t", "r")
+    with pytest.raises(sqlite3.OperationalError, match="checkpoints"):
+        await db.claim_runs("w1", lease_until(30), 5, start=True)
+    run = await db.get_run("r")
+    assert run is not None and run["status"] == "pending" and run["lease_owner"] is None
+    assert run["attempt"] == 0
+    assert [r["run_id"] for r in await db.claim_runs("w1", lease_until(30), 5)] == ["r"]
+
+
+async def test_the_heartbeat_outlives_a_database_hiccup(
+    db: AppDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that fails (database restarting, pool exhausted) is retried at the next beat
+    instead of ending the heartbeat, which would let the lease lapse and another worker run the
+    same run."""
+    await _thread(db, "t")
+    await _enqueue(db, "t", "r")
+    (run,) = await db.claim_runs("w1", lease_until(30), 1)
+    real = db.renew_lease
+    calls: list[str] = []
+
+    async def flaky(*args: Any) -> Any:
+        calls.append("renew")
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args)
+
+    monkeypatch.setattr(db, "renew_lease", flaky)
+    lost: list[bool] = []
+    async with keep_lease(db, "r", "w1", 0.15, lambda _: None, lambda: lost.append(True)):
+        for _ in range(100):
+            if len(calls) >= 4:
+                break
+            await asyncio.sleep(0.02)
+    assert len(calls) >= 4 and not lost  # two failures, then renewals again
+    row = await db.get_run("r")
+    assert row is not None and row["lease_owner"] == "w1" and row["status"] == "running"
+    assert row["lease_expires_at"] != run["lease_expires_at"]  # renewed after the failures
 
 
 async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:

@@ -19,7 +19,7 @@ from app.server.auth import Principal, current_principal
 from app.server.registry import DEFAULT_CONFIG, Registry, assistant_id_for, read_graph_specs
 from app.settings import AGENTS, Settings
 from graphs.supervisor import AGENT_NODES
-from tests.helpers import PUBLISH_REQUEST
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 
 
 @pytest.fixture
@@ -81,6 +81,32 @@ def test_every_route_and_dependency_runs_on_the_event_loop(settings: Settings) -
     routes = api_routes(create_app(settings).routes)
     assert len(routes) > 30
     assert {r.path: sync_calls(r.dependant) for r in routes if sync_calls(r.dependant)} == {}
+
+
+async def test_metrics_are_served_when_the_database_is_slow_or_failing(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one gauge read from the database (Postgres's notification queue) is skipped when the
+    read fails or takes over SCRAPE_DB_S; the rest of the exposition is served."""
+    import psycopg
+
+    from app.server.routes import meta
+
+    client, app = api
+    db = app.state.services.db
+
+    async def failing() -> float:
+        raise psycopg.OperationalError("the database system is starting up")
+
+    async def slow() -> float:
+        await asyncio.sleep(5)
+        return 0.0
+
+    monkeypatch.setattr(meta, "SCRAPE_DB_S", 0.05)
+    for broken in (failing, slow):
+        monkeypatch.setattr(db, "notification_queue_usage", broken)
+        r = await client.get("/metrics")
+        assert r.status_code == 200 and "mkt_runs_started_total" in r.text
 
 
 # --- graphs: one source of truth ---------------------------------------------------------------
@@ -359,6 +385,100 @@ async def test_stream_interrupt_then_resume_over_sse(api: Any) -> None:
     assert [int(e["id"]) for e in sse_events(r.text)] == ids[4:]
     # a finished run cannot be cancelled
     assert (await client.post(f"/threads/t-run/runs/{run_id}/cancel")).status_code == 409
+
+
+async def test_each_runs_usage_is_its_own_across_approvals(api: Any) -> None:
+    """A campaign stops for three approvals (four runs). What the runs record adds up to the
+    thread's totals."""
+    client, app = api
+    await client.post("/threads", json={"thread_id": "t-usage"})
+    body: dict[str, Any] = {
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": CAMPAIGN}]},
+    }
+    for _ in range(10):
+        result = (await client.post("/threads/t-usage/runs/wait", json=body)).json()
+        if "__interrupt__" not in result:
+            break
+        body = {"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}}
+    runs = (await client.get("/threads/t-usage/runs")).json()
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"success", "interrupted"}
+    db = app.state.services.db
+    recorded = [(await db.get_run(r["run_id"]))["usage"] for r in runs]
+    total = (await client.get("/threads/t-usage/state")).json()["values"]["usage"]
+    for agent, u in total.items():
+        for field in ("calls", "input_tokens", "output_tokens"):
+            parts = sum(r[agent][field] for r in recorded if agent in r)
+            assert parts == u[field], (agent, field, [r.get(agent) for r in recorded])
+
+
+PARALLEL_GRAPH = """
+from typing import Annotated
+from typing_extensions import TypedDict
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from graphs.state import add_usage
+
+
+def used(agent):
+    return {agent: {"calls": 1, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.0,
+                    "models": ["scripted"]}}
+
+
+class S(TypedDict, total=False):
+    usage: Annotated[dict, add_usage]
+    answer: str
+
+
+def fast(state):
+    return {"usage": used("fast")}
+
+
+def ask(state):
+    return {"answer": str(interrupt("ok?")), "usage": used("ask")}
+
+
+builder = StateGraph(S)
+builder.add_node("fast", fast)
+builder.add_node("ask", ask)
+builder.add_edge(START, "fast")
+builder.add_edge(START, "ask")
+builder.add_edge("fast", END)
+builder.add_edge("ask", END)
+graph = builder.compile()
+"""
+
+
+async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks in one step: one finishes, the other stops for approval. The finished task's
+    output is saved on the checkpoint as a pending write; the resumed run must not count its
+    usage again (its base is the thread's live state, pending writes applied)."""
+    (tmp_path / "parallel_usage_graph.py").write_text(PARALLEL_GRAPH)
+    (tmp_path / "langgraph.json").write_text(
+        json.dumps({"graphs": {"parallel": "./parallel_usage_graph.py:graph"}})
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            made = await client.post(
+                "/threads", json={"thread_id": "t-par", "graph_id": "parallel"}
+            )
+            assert made.status_code == 200, made.text
+            first = await client.post(
+                "/threads/t-par/runs/wait", json={"assistant_id": "parallel", "input": {}}
+            )
+            assert "__interrupt__" in first.json()
+            resume = {"assistant_id": "parallel", "command": {"resume": "yes"}}
+            done = (await client.post("/threads/t-par/runs/wait", json=resume)).json()
+            assert done["answer"] == "yes" and set(done["usage"]) == {"fast", "ask"}
+            second, first_run = (await client.get("/threads/t-par/runs")).json()
+            db = app.state.services.db
+            assert set((await db.get_run(first_run["run_id"]))["usage"]) == {"fast"}
+            assert set((await db.get_run(second["run_id"]))["usage"]) == {"ask"}
 
 
 async def test_state_update_as_node_and_unknown_node(api: Any) -> None:

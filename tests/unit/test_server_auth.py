@@ -200,6 +200,23 @@ async def test_requests_that_miss_the_cache_together_share_one_read(
     await asyncio.gather(*(auth.active_key_count() for _ in range(5)))
     assert reads["count"] == 2
 
+    # a read that began before a change is not cached after it: a key revoked here while its
+    # lookup was in flight is not taken for valid for the cache's lifetime
+    async def read_then_linger(db_: AppDB, token_: str) -> Any:
+        found = await verify(db_, token_)
+        await asyncio.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(apikeys, "verify_token", read_then_linger)
+    auth.invalidate()
+    stale = asyncio.create_task(auth.lookup(token))
+    await asyncio.sleep(0.02)  # in flight: it has read the key, active
+    await apikeys.revoke_key(db, key.key_id)
+    auth.invalidate()
+    assert (await stale) is not None  # it answers its own callers ...
+    fresh = await auth.lookup(token)  # ... but the next lookup reads again
+    assert fresh is not None and not fresh.active
+
 
 async def test_key_use_is_recorded_without_a_write_per_request(tmp_path: Path, db: AppDB) -> None:
     key, token = await apikeys.create_key(db, role="viewer", tenant="acme")

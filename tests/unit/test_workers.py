@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -235,6 +236,32 @@ async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     assert run is not None and run["status"] == "interrupted" and run["error"] == "cancelled"
     executor.cancel_notice("not-here")  # a run of another worker: only remembered, briefly
     assert "not-here" in executor._cancel_notices
+
+
+async def test_the_claim_loop_outlives_a_database_error(
+    executor: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that fails (database locked, restarting, pool exhausted) is logged and retried;
+    it does not end the loop that picks up runs."""
+    db = executor.db
+    await _queue_run(db, "t", "r")
+    claim = db.claim_runs
+    failures: list[str] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        if not failures:
+            failures.append("x")
+            raise sqlite3.OperationalError("database is locked")
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(db, "claim_runs", flaky)
+    loop = asyncio.create_task(executor._claim_loop())
+    try:
+        executor.wake()
+        await asyncio.wait_for(executor.wait_until_done("r"), 15)
+    finally:
+        loop.cancel()
+    assert failures and (await db.get_run("r"))["status"] == "success"
 
 
 def test_each_process_listens_only_to_the_channels_it_needs(executor: Executor) -> None:
