@@ -47,6 +47,31 @@ async def converse(
     raise AssertionError("too many approvals")
 
 
+async def queue_run(
+    db: Any,
+    thread_id: str,
+    run_id: str,
+    strategy: str = "enqueue",
+    *,
+    new_thread: bool = False,
+    kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Queue a run of the supervisor on `thread_id` (created first with `new_thread`) the way
+    the server does, without a request (`db`: an `app.db.AppDB`)."""
+    if new_thread:
+        await db.create_thread(thread_id, tenant="default", metadata={}, graph_id="supervisor")
+    await db.enqueue_run(
+        run_id=run_id,
+        thread_id=thread_id,
+        tenant="default",
+        assistant_id="supervisor",
+        graph_id="supervisor",
+        kwargs=kwargs or {},
+        metadata={},
+        multitask_strategy=strategy,
+    )
+
+
 async def check_claim_marks_runs_started(storage: Any) -> None:
     """`claim_runs(start=True)` (what an executor calls) marks what it claims started exactly as
     `mark_run_started` does — the thread `busy`, a first attempt's start checkpoint and the writes
@@ -72,18 +97,6 @@ async def check_claim_marks_runs_started(storage: Any) -> None:
     graph = builder.compile(checkpointer=storage.checkpointer)
     db = storage.db
 
-    async def queued(tid: str, rid: str) -> None:
-        await db.enqueue_run(
-            run_id=rid,
-            thread_id=tid,
-            tenant="default",
-            assistant_id="supervisor",
-            graph_id="supervisor",
-            kwargs={},
-            metadata={},
-            multitask_strategy="enqueue",
-        )
-
     # a thread stopped at an interrupt: its head checkpoint has pending writes to keep
     for tid in ("t-claim", "t-mark"):
         await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
@@ -91,13 +104,13 @@ async def check_claim_marks_runs_started(storage: Any) -> None:
     head = (await graph.aget_state({"configurable": {"thread_id": "t-claim"}})).config
     head_id = head["configurable"]["checkpoint_id"]
 
-    await queued("t-claim", "r-claim")
+    await queue_run(db, "t-claim", "r-claim")
     (run,) = await db.claim_runs("w1", lease_until(30), 5, start=True)
     assert run["run_id"] == "r-claim" and run["attempt"] == 1
     assert run["before_checkpoint_id"] == head_id  # returned with the claim
     assert (await db.get_thread("t-claim"))["status"] == "busy"
 
-    await queued("t-mark", "r-mark")  # the same state, marked by the separate statement
+    await queue_run(db, "t-mark", "r-mark")  # the same state, marked by the separate statement
     (other,) = await db.claim_runs("w1", lease_until(30), 5)
     assert other["before_checkpoint_id"] is None  # a plain claim marks nothing
     await db.mark_run_started("r-mark", "t-mark", "supervisor", record_before=True)

@@ -33,6 +33,7 @@ from app.leases import lease_until
 from app.server.events import RunSignals, follow
 from app.server.notify import PgListener
 from app.storage import make_pool
+from tests.helpers import queue_run
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +48,6 @@ async def pg(pg_dsn: str) -> AsyncIterator[tuple[AppDB, Any]]:
         yield db, pool
     finally:
         await pool.close()
-
-
-async def _queued(db: AppDB, tid: str, rid: str) -> None:
-    await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
-    await db.enqueue_run(
-        run_id=rid,
-        thread_id=tid,
-        tenant="default",
-        assistant_id="supervisor",
-        graph_id="supervisor",
-        kwargs={},
-        metadata={},
-        multitask_strategy="enqueue",
-    )
 
 
 async def _until(check: Any, within_s: float = 5.0) -> None:
@@ -99,7 +86,7 @@ async def test_changes_are_announced_and_fanned_out_once_committed(
     await listener.start()
     try:
         assert signals.via_db
-        await _queued(db, "t", "r")
+        await queue_run(db, "t", "r", new_thread=True)
         await _until(lambda: (QUEUE_CHANNEL, "r") in heard)  # workers wake for a new run
 
         await db.claim_runs("w1", lease_until(30), 1)
@@ -125,7 +112,7 @@ async def test_changes_are_announced_and_fanned_out_once_committed(
         await _until(lambda: bool(reconnects), within_s=15)
         await _until(lambda: signals.via_db, within_s=15)
         heard.clear()
-        await _queued(db, "t2", "r2")
+        await queue_run(db, "t2", "r2", new_thread=True)
         await _until(lambda: (QUEUE_CHANNEL, "r2") in heard)
     finally:
         await listener.stop()
@@ -141,7 +128,7 @@ async def test_ids_of_different_runs_commit_out_of_order_and_live_readers_miss_n
 ) -> None:
     db, pool = pg
     for tid, rid in (("ta", "a"), ("tb", "b")):
-        await _queued(db, tid, rid)
+        await queue_run(db, tid, rid, new_thread=True)
     await db.claim_runs("w", lease_until(30), 2)
     signals = RunSignals(poll_s=0.05)
     reader_a = asyncio.create_task(_collect(db, signals, "a"))
@@ -165,7 +152,7 @@ async def test_a_takeover_waits_for_the_old_owners_write_so_one_runs_events_stay
     pg: tuple[AppDB, Any],
 ) -> None:
     db, pool = pg
-    await _queued(db, "t", "r")
+    await queue_run(db, "t", "r", new_thread=True)
     await db.claim_runs("old", lease_until(30), 1)
     signals = RunSignals(poll_s=0.05)
     reader = asyncio.create_task(_collect(db, signals, "r"))
@@ -230,7 +217,7 @@ async def test_appended_events_reach_a_live_reader_in_the_notification_without_a
     large for a notification, or the end of the run, still reaches it — by a read, or pushed with
     the final status."""
     db, _ = pg
-    await _queued(db, "t", "r")
+    await queue_run(db, "t", "r", new_thread=True)
     await db.claim_runs("w", lease_until(30), 1)
     (first,) = await db.append_events("r", [("metadata", '{"run_id":"r"}')], owner="w")
     signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
@@ -288,7 +275,7 @@ async def test_while_the_notification_queue_is_filling_appends_announce_bare_run
 
     monkeypatch.setattr(app.db, "PUSH_MAX_QUEUE_USAGE", 0.0)
     db, _ = pg
-    await _queued(db, "t", "r")
+    await queue_run(db, "t", "r", new_thread=True)
     await db.claim_runs("w", lease_until(30), 1)
     signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
     payloads: list[str] = []

@@ -27,6 +27,7 @@ from app.leases import (
     start_run_with_lease,
 )
 from app.server.events import RunSignals, follow, parse_last_event_id
+from tests.helpers import queue_run
 
 V1_DDL = [
     "CREATE TABLE app_schema (version INTEGER NOT NULL)",
@@ -54,19 +55,6 @@ async def _thread(db: AppDB, tid: str) -> None:
     await db.create_thread(tid, tenant="default", metadata={}, graph_id="supervisor")
 
 
-async def _enqueue(db: AppDB, tid: str, rid: str, strategy: str = "enqueue") -> None:
-    await db.enqueue_run(
-        run_id=rid,
-        thread_id=tid,
-        tenant="default",
-        assistant_id="supervisor",
-        graph_id="supervisor",
-        kwargs={},
-        metadata={},
-        multitask_strategy=strategy,
-    )
-
-
 async def test_a_version_1_database_upgrades_in_place(tmp_path: Path) -> None:
     path = tmp_path / "v1.sqlite"
     with sqlite3.connect(path) as conn:
@@ -80,7 +68,7 @@ async def test_a_version_1_database_upgrades_in_place(tmp_path: Path) -> None:
         assert old is not None and old["tenant"] == "default" and old["metadata"] == {}
         run = await db.get_run("r-old")
         assert run is not None and run["status"] == "error"  # no lease: its process is gone
-        await _enqueue(db, "old", "r-new")
+        await queue_run(db, "old", "r-new")
         assert [r["run_id"] for r in await db.claim_runs("w1", lease_until(30), 5)] == ["r-new"]
     finally:
         await conn.close()
@@ -90,15 +78,15 @@ async def test_the_database_keeps_one_running_run_per_thread(db: AppDB) -> None:
     await _thread(db, "t")
     await _thread(db, "u")
     for rid in ("a", "b"):
-        await _enqueue(db, "t", rid)
-    await _enqueue(db, "u", "c")
+        await queue_run(db, "t", rid)
+    await queue_run(db, "u", "c")
     claimed = await db.claim_runs("w1", lease_until(30), 10)
     assert sorted(r["run_id"] for r in claimed) == ["a", "c"]  # oldest per thread only
     assert await db.claim_runs("w2", lease_until(30), 10) == []
     with pytest.raises(ThreadBusyError):  # the partial unique index, not application code
         await db.start_run_now("x", "t", "p", "w3", lease_until(30))
     with pytest.raises(ThreadBusyError):
-        await _enqueue(db, "t", "d", strategy="reject")
+        await queue_run(db, "t", "d", strategy="reject")
     assert await db.get_run("d") is None
     assert await db.finish_run("a", "success", {}, owner="someone-else") is False
     assert await db.finish_run("a", "success", {}, owner="w1") is True
@@ -108,7 +96,7 @@ async def test_the_database_keeps_one_running_run_per_thread(db: AppDB) -> None:
 async def test_concurrent_claims_never_run_a_thread_twice(db: AppDB) -> None:
     await _thread(db, "t")
     for n in range(5):
-        await _enqueue(db, "t", f"r{n}")
+        await queue_run(db, "t", f"r{n}")
     results = await asyncio.gather(*(db.claim_runs(f"w{n}", lease_until(30), 5) for n in range(6)))
     assert sum(len(r) for r in results) == 1
 
@@ -128,7 +116,7 @@ async def test_a_claim_that_cannot_mark_its_run_started_leaves_it_queued(db: App
     checkpointer tables in this bare database) the run is still pending, not `running` under an
     owner that will never execute it."""
     await _thread(db, "t")
-    await _enqueue(db, "t", "r")
+    await queue_run(db, "t", "r")
     with pytest.raises(sqlite3.OperationalError, match="checkpoints"):
         await db.claim_runs("w1", lease_until(30), 5, start=True)
     run = await db.get_run("r")
@@ -144,7 +132,7 @@ async def test_the_heartbeat_outlives_a_database_hiccup(
     instead of ending the heartbeat, which would let the lease lapse and another worker run the
     same run."""
     await _thread(db, "t")
-    await _enqueue(db, "t", "r")
+    await queue_run(db, "t", "r")
     (run,) = await db.claim_runs("w1", lease_until(30), 1)
     real = db.renew_lease
     calls: list[str] = []
@@ -170,7 +158,7 @@ async def test_the_heartbeat_outlives_a_database_hiccup(
 
 async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
     await _thread(db, "t")
-    await _enqueue(db, "t", "r")
+    await queue_run(db, "t", "r")
     (run,) = await db.claim_runs("w1", lease_until(30), 1)
     assert run["attempt"] == 1 and not is_stale(run)
     assert await db.renew_lease("r", "w1", lease_until(30)) is None
@@ -215,7 +203,7 @@ async def test_cli_run_takes_over_a_dead_process_but_not_a_live_one(db: AppDB) -
 
 async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> None:
     await _thread(db, "t")
-    await _enqueue(db, "t", "r")
+    await queue_run(db, "t", "r")
     await db.claim_runs("w1", lease_until(30), 1)
     signals = RunSignals(poll_s=0.05)
     first = await db.append_events("r", [("metadata", '{"run_id":"r"}'), ("values", '{"n":1}')])
@@ -246,7 +234,7 @@ async def test_follow_replays_after_a_cursor_and_continues_live(db: AppDB) -> No
 
 async def test_event_retention_prunes_only_finished_old_runs(db: AppDB) -> None:
     await _thread(db, "t")
-    await _enqueue(db, "t", "r")
+    await queue_run(db, "t", "r")
     await db.claim_runs("w1", lease_until(30), 1)
     await db.append_events("r", [("values", "{}")])
     assert await db.prune_events(utcnow()) == 0  # still running

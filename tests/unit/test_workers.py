@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, AppDB, open_sqlite_db
+from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, open_sqlite_db
 from app.server.events import PUSHED_KEPT, RunSignals, follow
 from app.server.executor import Executor
 from app.server.notify import PgListener
@@ -34,6 +34,7 @@ from app.server.registry import Registry
 from app.server.supervisor import WorkerPool, WorkerStartError
 from app.server.worker import _watch_parent, listener_handlers
 from app.settings import Settings
+from tests.helpers import queue_run
 
 
 # --- RunSignals --------------------------------------------------------------------------------
@@ -189,6 +190,9 @@ async def test_the_listener_fans_notifications_out_to_signals_and_the_executor()
     assert heard == [("cancel", "r2"), ("queue", "r3")]
 
 
+BLOG_RUN = {"input": {"messages": [{"role": "user", "content": "Write a blog post"}]}}
+
+
 @pytest.fixture
 async def executor(runner: Any, settings: Settings) -> Any:
     registry = Registry.load(runner.storage.checkpointer, settings.langgraph_config)
@@ -198,20 +202,6 @@ async def executor(runner: Any, settings: Settings) -> Any:
     await ex.stop(0)
 
 
-async def _queue_run(db: AppDB, thread_id: str, run_id: str) -> None:
-    await db.create_thread(thread_id, tenant="default", metadata={}, graph_id="supervisor")
-    await db.enqueue_run(
-        run_id=run_id,
-        thread_id=thread_id,
-        tenant="default",
-        assistant_id="supervisor",
-        graph_id="supervisor",
-        kwargs={"input": {"messages": [{"role": "user", "content": "Write a blog post"}]}},
-        metadata={},
-        multitask_strategy="enqueue",
-    )
-
-
 async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     executor: Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +209,7 @@ async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     arrives before the claim's result: the worker remembers it and applies it once the run's task
     exists, instead of waiting for the next heartbeat."""
     db = executor.db
-    await _queue_run(db, "t", "r")
+    await queue_run(db, "t", "r", new_thread=True, kwargs=BLOG_RUN)
     claim = db.claim_runs
 
     async def claim_then_cancelled(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
@@ -244,7 +234,7 @@ async def test_the_claim_loop_outlives_a_database_error(
     """A claim that fails (database locked, restarting, pool exhausted) is logged and retried;
     it does not end the loop that picks up runs."""
     db = executor.db
-    await _queue_run(db, "t", "r")
+    await queue_run(db, "t", "r", new_thread=True, kwargs=BLOG_RUN)
     claim = db.claim_runs
     failures: list[str] = []
 
@@ -328,7 +318,9 @@ async def test_mkt_worker_executes_queued_runs_and_stops_cleanly_on_sigterm(
         try:
             ready = await _read_until(proc, "ready:", 60)
             assert f"mkt worker[{proc.pid}]: ready: up to 8 runs at once" in ready
-            await _queue_run(db, "t", "r")  # as `mkt serve` would, from another process
+            await queue_run(
+                db, "t", "r", new_thread=True, kwargs=BLOG_RUN
+            )  # as `mkt serve` would, from another process
             for _ in range(300):
                 run = await db.get_run("r")
                 if run is not None and run["status"] not in ("pending", "running"):
