@@ -171,6 +171,13 @@ _DELETE_WITH_BLOBS_SQL = (
     " SELECT checkpoint_id FROM deleted"
 )
 
+# the checkpoint a run starts from: its thread's root head ('' for none yet); {thread} is the
+# SQL for the thread id (a parameter or a column of the enclosing query)
+_ROOT_HEAD_SQL = (
+    "coalesce((SELECT max(checkpoint_id) FROM checkpoints WHERE thread_id = {thread}"
+    " AND checkpoint_ns = ''), '')"
+)
+
 _OUTBOX_COLS = (
     "id, idempotency_key, thread_id, artifact_id, version, platform, kind, title, body, "
     "scheduled_at, status, created_at, published_at, external_id"
@@ -817,9 +824,9 @@ class AppDB:
         index `runs_one_running` makes a lost race a unique violation, which is skipped.
 
         With `start` (an executor about to run them; needs the checkpointer's tables) the claimed
-        runs are also marked started as `mark_run_started` does — threads `busy`, and for a
-        first attempt the checkpoint it starts from — in the same statement on Postgres, so a
-        new run needs no other round trip before its graph starts."""
+        runs are also marked started — threads `busy`, and for a first attempt the checkpoint it
+        starts from, as `mark_run_started` records it — in the same statement on Postgres, in
+        the same transaction on SQLite."""
         if limit <= 0:
             return []
         if self.dialect == "postgres":
@@ -832,9 +839,9 @@ class AppDB:
             )
             if start:  # SET expressions see the row before the update: attempt 0 = never claimed
                 sets += (
-                    ", before_checkpoint_id = CASE WHEN runs.attempt = 0 THEN coalesce((SELECT"
-                    " max(checkpoint_id) FROM checkpoints WHERE thread_id = runs.thread_id AND"
-                    " checkpoint_ns = ''), '') ELSE runs.before_checkpoint_id END,"
+                    ", before_checkpoint_id = CASE WHEN runs.attempt = 0 THEN"
+                    f" {_ROOT_HEAD_SQL.format(thread='runs.thread_id')}"
+                    " ELSE runs.before_checkpoint_id END,"
                     " before_writes = CASE WHEN runs.attempt = 0 THEN"
                     f" {self._head_writes_sql('runs.thread_id')} ELSE runs.before_writes END"
                 )
@@ -885,17 +892,19 @@ class AppDB:
                     )
                     if start and rows:
                         run = _run_row(rows[0])
+                        first = run["attempt"] == 1
                         for sql, params in self._start_statements(
                             run["run_id"],
                             run["thread_id"],
                             run["graph_id"],
-                            record_before=run["attempt"] == 1,
+                            record_before=first,
                             now=now,
                         ):
                             await tx.execute(sql, params)
-                        rows = await tx.fetchall(
-                            f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (cand["run_id"],)
-                        )
+                        if first:  # with the start it recorded
+                            rows = await tx.fetchall(
+                                f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (cand["run_id"],)
+                            )
             except Exception as exc:
                 if not is_unique_violation(exc):
                     raise
@@ -1014,20 +1023,15 @@ class AppDB:
             )
         return f"(SELECT json_group_array(json_array(ns, cid, tid, idx)) FROM ({rows}) x)"
 
-    async def mark_run_started(
-        self, run_id: str, thread_id: str, graph_id: str, *, record_before: bool
-    ) -> None:
-        """A claimed run starts: its thread becomes `busy` and, with `record_before`, the
-        checkpoint the thread is at before the run (its root head; '' for none yet) is recorded
-        with the writes pending on the thread's head checkpoints (rollback goes back to exactly
-        that) — read here, in the same statement, so it needs no state read first. One statement
-        on Postgres, one transaction on SQLite."""
+    async def mark_run_started(self, run_id: str, thread_id: str, graph_id: str) -> None:
+        """A run starts: its thread becomes `busy` and the checkpoint the thread is at before the
+        run (its root head; '' for none yet) is recorded with the writes pending on the thread's
+        head checkpoints (rollback goes back to exactly that) — read here, in the same statement.
+        One statement on Postgres, one transaction on SQLite. (`claim_runs(start=True)` does
+        this as it claims; this is for a run that no claim recorded.)"""
         statements = self._start_statements(
-            run_id, thread_id, graph_id, record_before=record_before, now=iso_us(utcnow())
+            run_id, thread_id, graph_id, record_before=True, now=iso_us(utcnow())
         )
-        if len(statements) == 1:
-            await self._b.execute(*statements[0])
-            return
         (thread_sql, thread_params), (run_sql, run_params) = statements
         if self.dialect == "postgres":
             await self._b.execute(
@@ -1053,8 +1057,7 @@ class AppDB:
         if record_before:
             out.append(
                 (
-                    "UPDATE runs SET before_checkpoint_id = coalesce((SELECT max(checkpoint_id)"
-                    " FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ''), ''),"
+                    f"UPDATE runs SET before_checkpoint_id = {_ROOT_HEAD_SQL.format(thread='?')},"
                     f" before_writes = {self._head_writes_sql()}, updated_at = ? WHERE run_id = ?",
                     (thread_id, thread_id, thread_id, now, run_id),
                 )

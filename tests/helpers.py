@@ -113,7 +113,7 @@ async def check_claim_marks_runs_started(storage: Any) -> None:
     await queue_run(db, "t-mark", "r-mark")  # the same state, marked by the separate statement
     (other,) = await db.claim_runs("w1", lease_until(30), 5)
     assert other["before_checkpoint_id"] is None  # a plain claim marks nothing
-    await db.mark_run_started("r-mark", "t-mark", "supervisor", record_before=True)
+    await db.mark_run_started("r-mark", "t-mark", "supervisor")
 
     async def before_writes(rid: str) -> list[list[Any]]:
         rows = await db._b.fetchall("SELECT before_writes FROM runs WHERE run_id = ?", (rid,))

@@ -379,10 +379,8 @@ class Executor:
                 else kw.get("input")
             )
             record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
-        if run["attempt"] > 1:
-            await self.db.mark_run_started(
-                run_id, run["thread_id"], run["graph_id"], record_before=record_before
-            )
+        if record_before:  # the claim marked it busy; record where it starts
+            await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
         stream_config = dict(config)
         if kw.get("checkpoint_id") and payload is not None:
             stream_config["configurable"] = {
