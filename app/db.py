@@ -130,7 +130,8 @@ _UPGRADES: dict[int, list[str]] = {
 RUN_COLS = (
     "run_id, thread_id, tenant, assistant_id, graph_id, status, kwargs, metadata,"
     " multitask_strategy, attempt, lease_owner, lease_expires_at, cancel_action,"
-    " before_checkpoint_id, provider, usage, error, started_at, ended_at, updated_at"
+    " before_checkpoint_id, before_writes, provider, usage, error, started_at, ended_at,"
+    " updated_at"
 )
 ACTIVE = ("pending", "running")
 
@@ -1380,6 +1381,7 @@ def _run_row(row: dict[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in row.items() if not k.startswith("_notify")}
     for key in ("kwargs", "metadata", "usage"):
         row[key] = _loads(row.get(key), {})
+    row["before_writes"] = _loads(row.get("before_writes"), None)
     return row
 
 

@@ -60,6 +60,7 @@ class ThreadView:
     next: tuple[str, ...] = ()
     interrupts: list[dict[str, Any]] = field(default_factory=list)  # [{"id", "value"}]
     values: dict[str, Any] = field(default_factory=dict)
+    checkpoint_id: str = ""  # the root checkpoint read ("" for none)
 
     @property
     def last_request(self) -> str:
@@ -82,12 +83,23 @@ class Runner:
         """The thread as the supervisor (or `graph`, a served graph on the same checkpointer)
         sees it."""
         snap = await (graph or self.graph).aget_state(self.config(thread_id))
+        checkpoint_id = str(
+            ((snap.config or {}).get("configurable") or {}).get("checkpoint_id") or ""
+        )
         if not snap.values and not snap.next:
-            return ThreadView(thread_id, exists=False, status="new")
+            return ThreadView(thread_id, exists=False, status="new", checkpoint_id=checkpoint_id)
         interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]
         # `tasks`, not `next`: tasks whose writes were saved before a crash are not in `next`
         status = "interrupted" if interrupts else ("unfinished" if snap.tasks else "idle")
-        return ThreadView(thread_id, True, status, tuple(snap.next), interrupts, dict(snap.values))
+        return ThreadView(
+            thread_id,
+            True,
+            status,
+            tuple(snap.next),
+            interrupts,
+            dict(snap.values),
+            checkpoint_id,
+        )
 
     async def context_for(
         self,

@@ -91,8 +91,9 @@ class RunWatch:
         interval that applies now)."""
         if self.version > seen:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), within_s or self.signals.poll_interval())
+        with contextlib.suppress(TimeoutError):  # (not `wait_for`: it can lose a cancellation)
+            async with asyncio.timeout(within_s or self.signals.poll_interval()):
+                await self.changed.wait()
 
 
 class RunSignals:

@@ -79,6 +79,48 @@ def run_config(run: dict[str, Any]) -> RunnableConfig:
     return config
 
 
+def start_usage(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The usage a first attempt starts from, as the run's creation read it
+    (`app.server.services.created_from`), if its claim found the thread still at that checkpoint
+    with no writes pending on any head — the state is then that checkpoint's values, unchanged.
+    None: read the state."""
+    created = (run.get("kwargs") or {}).get("created_from")
+    writes = run.get("before_writes")
+    if (
+        run["attempt"] != 1
+        or not isinstance(created, dict)
+        or writes is None  # no claim recorded the start
+        or run.get("before_checkpoint_id") != created.get("checkpoint_id")
+        or any(w[2] is not None for w in writes)  # [ns, checkpoint id, task id, idx]
+    ):
+        return None
+    usage = created.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+class RunOutcome:
+    """What the root graph's stream says about the state after the run: its last `values` chunk
+    is that state's values (on an interrupt, with the writes of the step's finished tasks
+    applied, as a live read has them) and an `__interrupt__` update means the run stopped on an
+    interrupt (a node's, or `interrupt_before/after`: then with no value)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] | None = None
+        self.interrupted = False
+
+    def see(self, mode: str, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            return
+        if mode == "values":
+            self.values = chunk
+        elif mode == "updates" and "__interrupt__" in chunk:
+            self.interrupted = True
+
+    @property
+    def thread_status(self) -> str:
+        return "interrupted" if self.interrupted else "idle"
+
+
 def event_name(mode: str, ns: tuple[str, ...], subgraphs: bool) -> str:
     return f"{mode}|{'|'.join(ns)}" if subgraphs and ns else mode
 
@@ -153,8 +195,11 @@ class Executor:
 
     async def _claim_loop(self) -> None:
         while True:
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` loses a cancellation
+            # that arrives as the wait ends (a wake at shutdown), and `stop()` waited forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.signals.poll_interval())
+                async with asyncio.timeout(self.signals.poll_interval()):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.claim()
@@ -353,13 +398,22 @@ class Executor:
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
         # the claim marked the run started (a first attempt with the checkpoint it starts from).
-        # The state before it is read live, before the graph writes: its values include what
-        # finished tasks saved on that checkpoint (its usage is the base of this run's usage),
-        # which a read at a given checkpoint id leaves out and which a resumed run adds to
-        before = await graph.aget_state(config)
+        # The usage before it is the base of this run's usage: as its creation read it, if the
+        # thread is still there; else the state is read live, before the graph writes (its values
+        # include what finished tasks saved on that checkpoint, which a read at a given checkpoint
+        # id leaves out and which a resumed run adds to)
+        base = start_usage(run)
+        before = None
+        if base is None:
+            before = await graph.aget_state(config)
+            base = (before.values or {}).get("usage") or {}
         payload: Any
         record_before = False
-        if run["attempt"] > 1 and (before.metadata or {}).get("run_id") == run_id:
+        if (
+            before is not None  # always read for a later attempt
+            and run["attempt"] > 1
+            and (before.metadata or {}).get("run_id") == run_id
+        ):
             payload = None  # this run already checkpointed: continue from there
             # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
             # it leaves out tasks whose writes were saved; a process killed after a superstep's
@@ -396,7 +450,9 @@ class Executor:
         modes = {m for m in requested if m not in ("messages-tuple",)}
         if requested & {"messages", "messages-tuple"}:
             modes.add("messages")
-        modes.add("updates")  # interrupts surface through updates
+        # interrupts surface through updates; the root's last values are the state after the run
+        modes.update(("updates", "values"))
+        outcome = RunOutcome()
         astream: Any = graph.astream  # options come from the validated request body
         stream = astream(
             payload,
@@ -412,6 +468,10 @@ class Executor:
         try:
             async for part in stream:
                 ns, mode, chunk = part if subgraphs else ((), *part)
+                if not ns:
+                    outcome.see(mode, chunk)
+                if mode == "values" and "values" not in requested:
+                    continue
                 name = event_name(mode, ns, subgraphs)
                 if mode == "updates" and "updates" not in requested:
                     if isinstance(chunk, dict) and chunk.get("__interrupt__"):
@@ -428,14 +488,16 @@ class Executor:
         except BaseException:
             await batcher.drain()  # what the run streamed before it failed or was cancelled
             raise
-        # every event is stored before the run's status changes; the state is read meanwhile
-        _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
-        usage = _usage_delta(
-            (before.values or {}).get("usage") or {}, (after.values or {}).get("usage") or {}
-        )
+        # every event is stored before the run's status changes
+        if outcome.values is None:  # no step ran: the state is read (meanwhile)
+            _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
+            after_values, thread_status = after.values or {}, thread_status_of(after)
+        else:
+            await batcher.drain()
+            after_values, thread_status = outcome.values, outcome.thread_status
+        usage = _usage_delta(base or {}, after_values.get("usage") or {})
         for agent, u in usage.items():
             metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
-        thread_status = thread_status_of(after)
         return (
             ("interrupted" if thread_status == "interrupted" else "success"),
             usage,

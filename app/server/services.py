@@ -19,7 +19,7 @@ from app.server.events import StoredEvent
 from app.server.executor import Executor
 from app.server.registry import Registry
 from app.server.schemas import RunCreate
-from app.server.serde import dumps
+from app.server.serde import dumps, jsonable
 from app.settings import Settings
 from graphs.context import MarketingContext
 
@@ -105,6 +105,16 @@ def request_text(value: Any) -> str | None:
     return None
 
 
+def created_from(view: ThreadView) -> dict[str, Any] | None:
+    """What the run's executor needs of the state the run starts from (the usage it adds to), as
+    read here: it is used instead of a second read if, when the run is claimed, the thread is
+    still at this checkpoint with no writes pending (`app.server.executor.start_usage`). Only
+    a thread with no pending task qualifies (its state is its checkpoint's values)."""
+    if view.status not in ("new", "idle"):
+        return None
+    return {"checkpoint_id": view.checkpoint_id, "usage": jsonable(view.values.get("usage") or {})}
+
+
 async def create_run(
     svc: Services,
     principal: Principal,
@@ -173,6 +183,7 @@ async def create_run(
         "on_disconnect": body.on_disconnect,
         # the run executes with the context it was created with, wherever and whenever it runs
         "resolved_context": ctx.model_dump() if ctx is not None else None,
+        "created_from": created_from(view),
     }
     if create_thread:  # only once the request is valid: bad input leaves nothing behind
         metadata: dict[str, Any] = {"graph_id": graph_id}

@@ -95,9 +95,8 @@ class WorkerPool:
             for slot in self._slots
         ]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(s.ready for s in self._slots)), self.start_timeout_s
-            )
+            async with asyncio.timeout(self.start_timeout_s):
+                await asyncio.gather(*(s.ready for s in self._slots))
         except (WorkerStartError, TimeoutError) as exc:
             await self.stop()
             if isinstance(exc, WorkerStartError):

@@ -481,6 +481,84 @@ async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
             assert set((await db.get_run(second["run_id"]))["usage"]) == {"ask"}
 
 
+RESEARCH_REQUEST = "Research what runners say about carbon-plated trail shoes"
+
+
+async def test_a_run_starts_from_the_state_its_creation_read_only_if_nothing_changed(
+    api: Any,
+) -> None:
+    """A run records the usage it added: the thread's totals after it less those before it.
+    Its creation already read the state; the worker uses that read instead of reading again only
+    if, at the claim, the thread is still at that checkpoint with nothing pending. Two turns
+    queued on a new thread were both created before any state existed: the second starts after
+    the first ran, so it must not take the empty state as its start. A third turn on the idle
+    thread does start from what its creation read: the totals so far."""
+    client, app = api
+    svc = app.state.services
+    await client.post("/threads", json={"thread_id": "t-q"})
+    body: dict[str, Any] = {
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": RESEARCH_REQUEST}]},
+        "multitask_strategy": "enqueue",
+    }
+    claim = svc.executor.claim
+
+    async def nothing_yet() -> None:  # nothing is claimed until both are queued
+        return None
+
+    svc.executor.claim = nothing_yet
+    queued = [(await client.post("/threads/t-q/runs", json=body)).json() for _ in range(2)]
+    svc.executor.claim = claim
+    svc.executor.wake()
+    for run in queued:
+        joined = await client.get(f"/threads/t-q/runs/{run['run_id']}/join")
+        assert joined.status_code == 200, joined.text
+    third = await client.post("/threads/t-q/runs/wait", json=body)
+    assert third.status_code == 200, third.text
+    runs = (await client.get("/threads/t-q/runs")).json()[::-1]  # oldest first
+    assert [r["status"] for r in runs] == ["success"] * 3
+    rows = [await svc.db.get_run(r["run_id"]) for r in runs]
+    # the situations meant: run 2 was created at the start, claimed after run 1; run 3 found the
+    # thread where its creation read it
+    created = [r["kwargs"]["created_from"]["checkpoint_id"] for r in rows]
+    started = [r["before_checkpoint_id"] for r in rows]
+    assert created[:2] == ["", ""] and started[0] == "" and started[1] != ""
+    assert created[2] == started[2] != ""
+    total = (await client.get("/threads/t-q/state")).json()["values"]["usage"]
+    for row in rows:
+        assert row["usage"]["research"]["calls"] >= 1, row["usage"]
+    for agent, u in total.items():
+        for name in ("calls", "input_tokens", "output_tokens"):
+            parts = [r["usage"][agent][name] for r in rows if agent in r["usage"]]
+            assert sum(parts) == u[name], (agent, name, parts)
+
+
+async def test_interrupt_before_a_node_stops_the_run_and_a_run_without_input_goes_on(
+    api: Any,
+) -> None:
+    """`interrupt_before` stops the run before the node: the run and the thread are
+    `interrupted` (no interrupt value: nothing to answer), the state's `next` is that node, and
+    a run with no input continues the thread to its end."""
+    client, _ = api
+    await client.post("/threads", json={"thread_id": "t-ib"})
+    body = {
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": RESEARCH_REQUEST}]},
+        "interrupt_before": ["research"],
+    }
+    stopped = await client.post("/threads/t-ib/runs/wait", json=body)
+    assert stopped.status_code == 200, stopped.text
+    assert (await client.get("/threads/t-ib")).json()["status"] == "interrupted"
+    assert (await client.get("/threads/t-ib/runs")).json()[0]["status"] == "interrupted"
+    state = (await client.get("/threads/t-ib/state")).json()
+    assert state["next"] == ["research"] and state["interrupts"] == []
+    done = await client.post("/threads/t-ib/runs/wait", json={"assistant_id": "supervisor"})
+    assert done.status_code == 200, done.text
+    assert (await client.get("/threads/t-ib")).json()["status"] == "idle"
+    assert (await client.get("/threads/t-ib/state")).json()["next"] == []
+    assert done.json()["brief"], "the research ran on the second run"
+
+
 async def test_state_update_as_node_and_unknown_node(api: Any) -> None:
     client, _ = api
     await client.post("/threads", json={"thread_id": "t-s"})

@@ -55,6 +55,33 @@ async def test_a_bump_wakes_only_that_runs_watchers_and_unwatched_runs_keep_no_s
     assert signals.watched == 0  # state goes with the last watcher
 
 
+async def test_a_wait_cancelled_as_it_is_woken_ends_cancelled() -> None:
+    """Regression: on Python 3.11 `asyncio.wait_for` returns normally when it is cancelled just as
+    the wait ends, so a stream whose client left at that moment went on waiting."""
+    signals = RunSignals(poll_s=5.0)
+    with signals.watch("a") as a:
+        waiting = asyncio.create_task(a.wait_past(a.version))
+        await asyncio.sleep(0.01)
+        signals.bump("a")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+
+async def test_the_server_stops_when_a_run_wakes_its_executor_as_it_stops(
+    settings: Settings,
+) -> None:
+    """Regression: a wake-up (a run created or ended) arriving as the executor stopped made its
+    claim loop lose the cancellation (`asyncio.wait_for` on Python 3.11): shutdown hung."""
+    from app.server.app import create_app
+
+    app = create_app(settings)
+    async with asyncio.timeout(30):
+        async with app.router.lifespan_context(app):
+            await asyncio.sleep(0.05)
+            app.state.services.executor.wake()
+
+
 async def test_while_the_database_notifies_local_writes_do_not_wake_twice() -> None:
     signals = RunSignals(poll_s=0.5, safety_poll_s=5.0)
     with signals.watch("r") as watch:

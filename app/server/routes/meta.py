@@ -54,7 +54,8 @@ async def prometheus(request: Request) -> Response:
     svc = getattr(request.app.state, "services", None)
     if svc is not None:
         try:
-            usage = await asyncio.wait_for(svc.db.notification_queue_usage(), SCRAPE_DB_S)
+            async with asyncio.timeout(SCRAPE_DB_S):
+                usage = await svc.db.notification_queue_usage()
         except _SCRAPE_ERRORS as exc:
             log.warning("metrics: notification queue usage not read: %s", exc or "timeout")
         else:
