@@ -19,6 +19,7 @@ from typing import Any
 
 from app.db import DB_ERRORS, AppDB, ThreadBusyError, utcnow
 from app.errors import AppError
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,4 @@ async def keep_lease(
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

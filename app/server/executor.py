@@ -347,6 +347,9 @@ class Executor:
                     )
                 status, usage, thread_status = await self._run_graph(run, graph, config)
         except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
+                me.uncancel()
             reason = self._reasons.get(run_id, "interrupt")
             status = await self._after_cancel(run, graph, config, reason)
         except LeaseLostError:  # taken over while writing events: the new owner carries on

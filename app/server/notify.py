@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from app.server.events import RunSignals
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger("mkt.server")
 
@@ -60,9 +61,7 @@ class PgListener:
     async def stop(self) -> None:
         self._signals.via_db = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._close()
 

@@ -68,6 +68,34 @@ async def test_a_wait_cancelled_as_it_is_woken_ends_cancelled() -> None:
             await waiting
 
 
+async def test_cancel_and_wait_ends_the_task_but_keeps_the_callers_own_cancellation() -> None:
+    """`cancel_and_wait` (lease heartbeats, the notification listener): the task's cancellation
+    is expected and dropped; if the caller is itself cancelled while the task winds down, the
+    caller stays cancelled (`with suppress(CancelledError): await task` dropped that too)."""
+    from app.tasks import cancel_and_wait
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # cleanup
+            raise
+
+    task = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(task)  # returns: the task's own cancellation
+    assert task.cancelled()
+
+    task = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0.01)
+    caller = asyncio.create_task(cancel_and_wait(task))
+    await asyncio.sleep(0.05)  # the task is in its cleanup
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert task.done()
+
+
 async def test_the_server_stops_when_a_run_wakes_its_executor_as_it_stops(
     settings: Settings,
 ) -> None:
