@@ -17,6 +17,9 @@ a small ASGI shim that closes the gaps between llama-cpp-python 0.3.x and the Op
 - streamed tool calls repeat the tool name and id in every chunk, so clients that merge chunks see
   names like "PlanPlanPlan…": requests with tools are run without streaming and the complete
   answer is sent back as one well-formed chunk stream (with usage when `stream_options` asks).
+- a stream never reports usage (`stream_options: {"include_usage": true}` is ignored), so token
+  accounting read zero for every streamed answer: the counts of the generation
+  (`GenerationCounts`) are sent in a last chunk before `[DONE]`, as OpenAI does.
 - an assistant turn with `"content": null` (one that only called tools) is rejected with HTTP 500:
   the content is sent as "".
 - the `chatml-function-calling` template is rendered with HTML autoescaping (the model would see
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib.util
 import json
 import os
@@ -397,7 +401,10 @@ class OpenAICompat:
         headers.append((b"content-length", str(len(body)).encode()))
         scope = {**scope, "headers": headers}
         if not stream_tools:
-            await self.app(scope, _replay(body, receive), send)
+            plain_stream = bool(payload.get("stream")) and include_usage
+            await self.app(
+                scope, _replay(body, receive), _with_usage(send) if plain_stream else send
+            )
             return
         # run without streaming, then answer as a stream
         status, parts = 500, []
@@ -434,6 +441,75 @@ class OpenAICompat:
             }
         )
         await send({"type": "http.response.body", "body": events})
+
+
+class GenerationCounts:
+    """Token counts of the model's latest generation, as llama.cpp reports them in a complete
+    answer's `usage` (the prompt's tokens; the tokens generated, end-of-generation excluded).
+    llama-cpp-python does not report usage in a stream; its server runs one generation at a time
+    and holds the model until the stream's `[DONE]` is sent, so at `[DONE]` these are that
+    stream's counts."""
+
+    prompt_tokens = 0
+    completion_tokens = 0
+
+    @classmethod
+    def usage(cls) -> dict[str, int]:
+        return {
+            "prompt_tokens": cls.prompt_tokens,
+            "completion_tokens": cls.completion_tokens,
+            "total_tokens": cls.prompt_tokens + cls.completion_tokens,
+        }
+
+
+def _count_generated_tokens() -> None:
+    """Wrap `Llama.generate` (every completion, streamed or not, generates through it) to keep
+    `GenerationCounts`."""
+    from llama_cpp import Llama, llama_cpp
+
+    original = Llama.generate
+
+    def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        GenerationCounts.prompt_tokens = len(tokens)
+        GenerationCounts.completion_tokens = 0
+        for token in original(self, tokens, *args, **kwargs):
+            if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                GenerationCounts.completion_tokens += 1
+            yield token
+
+    Llama.generate = generate  # type: ignore[method-assign]
+
+
+_DONE = b"data: [DONE]"
+
+
+def _with_usage(send: Send) -> Send:
+    """`send` for a streamed answer whose request asked for usage (`stream_options`): a last chunk
+    with `usage` and no choices goes before `[DONE]`, as OpenAI sends it."""
+    last: dict[str, Any] = {}
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            lines = message.get("body", b"").splitlines(keepends=True)
+            for n, line in enumerate(lines):
+                if line.startswith(b"data: {"):
+                    with contextlib.suppress(ValueError):
+                        last.update(json.loads(line[6:]))
+                elif line.rstrip() == _DONE:
+                    chunk = {
+                        "id": last.get("id", ""),
+                        "object": "chat.completion.chunk",
+                        "created": last.get("created", 0),
+                        "model": last.get("model", MODEL_ALIAS),
+                        "choices": [],
+                        "usage": GenerationCounts.usage(),
+                    }
+                    lines.insert(n, b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+                    message = {**message, "body": b"".join(lines)}
+                    break
+        await send(message)
+
+    return sending
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -495,6 +571,7 @@ def serve(argv: list[str] | None = None) -> None:
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     _render_prompts_verbatim()
+    _count_generated_tokens()
 
     server_settings = ServerSettings(
         host="127.0.0.1", port=args.port, api_key=None, interrupt_requests=False

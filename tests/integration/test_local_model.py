@@ -84,6 +84,16 @@ async def test_server_starts_on_a_free_loopback_port_answers_and_stops(tmp_path:
         # max_completion_tokens is honoured (llama.cpp itself only reads max_tokens)
         assert reply.usage_metadata is not None
         assert 0 < reply.usage_metadata["output_tokens"] <= 32
+        # a streamed answer reports its usage too (llama.cpp's streams do not; the shim adds a
+        # last chunk): the counts of the complete answer to the same prompt (temperature 0)
+        streaming = model.model_copy(update={"stream_usage": True})
+        merged: Any = None
+        async for chunk in streaming.astream("Say hello to our runners in one short sentence."):
+            merged = chunk if merged is None else merged + chunk
+        assert str(merged.content) == str(reply.content)
+        assert merged.usage_metadata is not None
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            assert merged.usage_metadata[key] == reply.usage_metadata[key], key
     finally:
         server.stop()
     assert not server.running
