@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     event_retention_hours: float = Field(
         168.0, gt=0, description="Event logs of runs that ended longer ago than this are deleted."
     )
+    stateless_thread_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="The thread of a stateless run (`/runs/stream`, `/runs/wait`) is deleted when "
+        "its client has the run's end; if the client left before, this long after the run ended.",
+    )
     langgraph_config: Path | None = Field(
         None, description="langgraph.json listing the served graphs (default: the repository's)."
     )

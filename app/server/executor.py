@@ -127,6 +127,7 @@ def event_name(mode: str, ns: tuple[str, ...], subgraphs: bool) -> str:
 
 class Executor:
     CANCEL_NOTICE_TTL_S = 60.0
+    ABANDONED_EVERY_S = 60.0  # how often the sweep looks for abandoned stateless threads
 
     def __init__(
         self, runner: Runner, registry: Registry, settings: Settings, *, execute: bool = True
@@ -148,6 +149,7 @@ class Executor:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._last_prune = 0.0
+        self._last_abandoned = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -226,6 +228,8 @@ class Executor:
                 await self.sweep()
                 if time.monotonic() - self._last_prune > 3600:
                     await self.prune()
+                elif time.monotonic() - self._last_abandoned > self.ABANDONED_EVERY_S:
+                    await self.erase_abandoned()
             except _RETRIED as exc:
                 log.warning("sweep failed: %s", exc)
 
@@ -244,13 +248,22 @@ class Executor:
         return requeued
 
     async def prune(self) -> int:
-        """Event logs of runs ended before the retention cutoff; threads of stateless runs that
-        no client was left to delete (idle for as long). Returns the events deleted."""
+        """Event logs of runs ended before the retention cutoff (and `erase_abandoned`). Returns
+        the events deleted."""
         self._last_prune = time.monotonic()
+        await self.erase_abandoned()
         cutoff = utcnow() - timedelta(hours=self.settings.event_retention_hours)
-        for thread_id in await self.db.stale_stateless_threads(cutoff):
-            await self.erase_thread(thread_id)
         return await self.db.prune_events(cutoff)
+
+    async def erase_abandoned(self) -> int:
+        """Threads of stateless runs that no client was left to delete (it went away before the
+        run's end), idle for `STATELESS_THREAD_GRACE_S`. Returns how many were erased."""
+        self._last_abandoned = time.monotonic()
+        cutoff = utcnow() - timedelta(seconds=self.settings.stateless_thread_grace_s)
+        threads = await self.db.stale_stateless_threads(cutoff)
+        for thread_id in threads:
+            await self.erase_thread(thread_id)
+        return len(threads)
 
     async def erase_thread(self, thread_id: str) -> None:
         """The thread's checkpoints, runs, events and row (its runs must have ended)."""

@@ -659,7 +659,7 @@ async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(api: A
         raise AssertionError("the stateless thread outlived its streamed run")
 
 
-async def test_prune_deletes_stateless_threads_whose_client_went_away(
+async def test_stateless_threads_whose_client_went_away_go_after_a_grace_period(
     api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, app = api
@@ -688,9 +688,11 @@ async def test_prune_deletes_stateless_threads_whose_client_went_away(
     r = await client.post("/threads/orphan/runs/wait", json=body)
     assert r.status_code == 200
     assert (await client.get("/threads/orphan")).status_code == 200  # not a stateless call
-    old = svc.executor.settings.model_copy(update={"event_retention_hours": -1.0})
-    monkeypatch.setattr(svc.executor, "settings", old)  # everything is past retention now
-    await svc.executor.prune()
+    assert await svc.executor.erase_abandoned() == 0  # within STATELESS_THREAD_GRACE_S (300 s)
+    assert (await client.get("/threads/orphan")).status_code == 200
+    past = svc.executor.settings.model_copy(update={"stateless_thread_grace_s": 0.0})
+    monkeypatch.setattr(svc.executor, "settings", past)  # the grace is over now
+    assert await svc.executor.erase_abandoned() == 1
     assert (await client.get("/threads/orphan")).status_code == 404
     assert (await client.get("/threads/kept")).status_code == 200
 
