@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_HIDDEN
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
@@ -74,8 +75,11 @@ def run_config(run: dict[str, Any]) -> RunnableConfig:
             "assistant_id": run["assistant_id"],
         },
     }
-    if user.get("tags"):
-        config["tags"] = list(user["tags"])
+    # `langsmith:hidden` hides a task's updates, interrupts included, from the stream the run's
+    # bookkeeping reads (`RunOutcome`): tags are for tracing, a client cannot hide steps
+    tags = [t for t in user.get("tags") or () if t != TAG_HIDDEN]
+    if tags:
+        config["tags"] = tags
     return config
 
 
@@ -99,14 +103,17 @@ def start_usage(run: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class RunOutcome:
-    """What the root graph's stream says about the state after the run: its last `values` chunk
-    is that state's values (on an interrupt, with the writes of the step's finished tasks
-    applied, as a live read has them) and an `__interrupt__` update means the run stopped on an
-    interrupt (a node's, or `interrupt_before/after`: then with no value)."""
+    """What the root graph's stream says about the state after the run. Its last `values` chunk
+    is that state's values (on an interrupt, with the writes of the step's finished tasks applied,
+    as a live read has them). An `__interrupt__` update with interrupts means a node's
+    `interrupt()` stopped the run and waits (interrupted); an empty one is a breakpoint
+    (`interrupt_before/after`), which may have stopped it at the end with nothing left to run:
+    then only a read can tell."""
 
     def __init__(self) -> None:
         self.values: dict[str, Any] | None = None
         self.interrupted = False
+        self.breakpoint = False
 
     def see(self, mode: str, chunk: Any) -> None:
         if not isinstance(chunk, dict):
@@ -114,11 +121,28 @@ class RunOutcome:
         if mode == "values":
             self.values = chunk
         elif mode == "updates" and "__interrupt__" in chunk:
-            self.interrupted = True
+            if chunk["__interrupt__"]:
+                self.interrupted = True
+            else:
+                self.breakpoint = True
 
-    @property
-    def thread_status(self) -> str:
-        return "interrupted" if self.interrupted else "idle"
+    def state_after(self, graph: Pregel) -> tuple[dict[str, Any], str] | None:
+        """(values, thread status) after the run, or None where the stream cannot tell: no step
+        ran, a breakpoint without an interrupt, a graph with hidden steps (their updates are not
+        streamed), or a `usage` channel left out of the graph's output."""
+        if (
+            self.values is None
+            or (self.breakpoint and not self.interrupted)
+            or streams_partly(graph)
+            or ("usage" in graph.channels and "usage" not in self.values)
+        ):
+            return None
+        return self.values, "interrupted" if self.interrupted else "idle"
+
+
+def streams_partly(graph: Pregel) -> bool:
+    """Some root node is tagged `langsmith:hidden`: its updates (interrupts too) never stream."""
+    return any(TAG_HIDDEN in (node.tags or ()) for node in graph.nodes.values())
 
 
 def event_name(mode: str, ns: tuple[str, ...], subgraphs: bool) -> str:
@@ -451,12 +475,15 @@ class Executor:
             record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
-        stream_config = dict(config)
+        stream_config: RunnableConfig = {**config}
         if kw.get("checkpoint_id") and payload is not None:
             stream_config["configurable"] = {
                 **config["configurable"],
                 "checkpoint_id": kw["checkpoint_id"],
             }
+            # a fork adds to the totals of the checkpoint it starts from, not the head's
+            forked = await graph.aget_state(stream_config)
+            base = (forked.values or {}).get("usage") or {}
         if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
             await self.events.append(
                 run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
@@ -505,12 +532,13 @@ class Executor:
             await batcher.drain()  # what the run streamed before it failed or was cancelled
             raise
         # every event is stored before the run's status changes
-        if outcome.values is None:  # no step ran: the state is read (meanwhile)
+        known = outcome.state_after(graph)
+        if known is None:  # the state is read (meanwhile)
             _, after = await asyncio.gather(batcher.drain(), graph.aget_state(config))
             after_values, thread_status = after.values or {}, thread_status_of(after)
         else:
             await batcher.drain()
-            after_values, thread_status = outcome.values, outcome.thread_status
+            after_values, thread_status = known
         usage = _usage_delta(base or {}, after_values.get("usage") or {})
         for agent, u in usage.items():
             metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])

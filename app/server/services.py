@@ -105,12 +105,18 @@ def request_text(value: Any) -> str | None:
     return None
 
 
-def created_from(view: ThreadView) -> dict[str, Any] | None:
+def created_from(
+    view: ThreadView, row: dict[str, Any] | None, body: RunCreate
+) -> dict[str, Any] | None:
     """What the run's executor needs of the state the run starts from (the usage it adds to), as
     read here: it is used instead of a second read if, when the run is claimed, the thread is
     still at this checkpoint with no writes pending (`app.server.executor.start_usage`). Only
-    a thread with no pending task qualifies (its state is its checkpoint's values)."""
-    if view.status not in ("new", "idle"):
+    a thread with no pending task and no run in progress qualifies (a run's pending writes, seen
+    here, could be rolled back by the time this run starts, leaving the same checkpoint), and
+    not a fork (it starts from an older checkpoint)."""
+    busy = row is not None and row.get("status") == "busy"
+    fork = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    if view.status not in ("new", "idle") or busy or fork:
         return None
     return {"checkpoint_id": view.checkpoint_id, "usage": jsonable(view.values.get("usage") or {})}
 
@@ -183,7 +189,7 @@ async def create_run(
         "on_disconnect": body.on_disconnect,
         # the run executes with the context it was created with, wherever and whenever it runs
         "resolved_context": ctx.model_dump() if ctx is not None else None,
-        "created_from": created_from(view),
+        "created_from": created_from(view, row, body),
     }
     if create_thread:  # only once the request is valid: bad input leaves nothing behind
         metadata: dict[str, Any] = {"graph_id": graph_id}

@@ -85,6 +85,9 @@ def thread_json(row: dict[str, Any], snap: StateSnapshot | None) -> dict[str, An
     )
 
 
+_INTERNAL_KWARGS = ("resolved_context", "created_from")  # the server's own, not the client's
+
+
 def run_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": row["run_id"],
@@ -95,7 +98,7 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
         "status": WIRE_RUN_STATUS.get(row["status"], row["status"]),
         "metadata": row.get("metadata") or {},
         "multitask_strategy": row.get("multitask_strategy") or "reject",
-        "kwargs": {k: v for k, v in (row.get("kwargs") or {}).items() if k != "resolved_context"},
+        "kwargs": {k: v for k, v in (row.get("kwargs") or {}).items() if k not in _INTERNAL_KWARGS},
         "attempt": row.get("attempt", 0),
         "error": row.get("error"),
     }

@@ -481,6 +481,118 @@ async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
             assert set((await db.get_run(second["run_id"]))["usage"]) == {"ask"}
 
 
+ASK_GRAPH = """
+from typing import Annotated
+from typing_extensions import TypedDict
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from graphs.state import add_usage
+
+
+def used(agent):
+    return {agent: {"calls": 1, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.0,
+                    "models": ["scripted"]}}
+
+
+class S(TypedDict, total=False):
+    usage: Annotated[dict, add_usage]
+    answer: str
+
+
+def first(state):
+    return {"usage": used("first")}
+
+
+def ask(state):
+    return {"answer": str(interrupt("ok?")), "usage": used("ask")}
+
+
+builder = StateGraph(S)
+builder.add_node("first", first)
+builder.add_node("ask", ask)
+builder.add_edge(START, "first")
+builder.add_edge("first", "ask")
+builder.add_edge("ask", END)
+graph = builder.compile()
+"""
+
+
+@pytest.fixture
+async def ask_api(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    (tmp_path / "review_ask_graph.py").write_text(ASK_GRAPH)
+    (tmp_path / "langgraph.json").write_text(
+        json.dumps({"graphs": {"ask": "./review_ask_graph.py:graph"}})
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app
+
+
+async def test_a_run_stopped_by_interrupt_is_interrupted_even_with_hidden_tasks(
+    ask_api: Any,
+) -> None:
+    """A client's `config.tags` reach every task; `langsmith:hidden` makes LangGraph drop the
+    task's `__interrupt__` update (`PregelLoop.output_writes`), so the stream never says the
+    run stopped on an interrupt. The thread is interrupted all the same."""
+    client, _ = ask_api
+    made = await client.post("/threads", json={"thread_id": "t-h", "graph_id": "ask"})
+    assert made.status_code == 200, made.text
+    body = {"assistant_id": "ask", "input": {}, "config": {"tags": ["langsmith:hidden"]}}
+    r = await client.post("/threads/t-h/runs/wait", json=body)
+    assert r.status_code == 200, r.text
+    state = (await client.get("/threads/t-h/state")).json()
+    assert state["next"] == ["ask"] and state["interrupts"]  # the graph did stop
+    assert (await client.get("/threads/t-h/runs")).json()[0]["status"] == "interrupted"
+    assert (await client.get("/threads/t-h")).json()["status"] == "interrupted"
+
+
+async def test_a_fork_records_the_usage_it_added(ask_api: Any) -> None:
+    """A run from an older checkpoint (`checkpoint_id`) adds to that checkpoint's totals, not to
+    the head's: it records what it added (here one `first` call), never a negative."""
+    client, app = ask_api
+    await client.post("/threads", json={"thread_id": "t-f", "graph_id": "ask"})
+    body: dict[str, Any] = {"assistant_id": "ask", "input": {}}
+    await client.post("/threads/t-f/runs/wait", json=body)  # stops at ask: first=1
+    await client.post(
+        "/threads/t-f/runs/wait", json={"assistant_id": "ask", "command": {"resume": "y"}}
+    )  # first=1, ask=1
+    history = (await client.get("/threads/t-f/history")).json()
+    start = history[-1]["checkpoint"]["checkpoint_id"]  # the empty state before anything ran
+    fork = await client.post("/threads/t-f/runs/wait", json={**body, "checkpoint_id": start})
+    assert fork.status_code == 200, fork.text
+    run = (await client.get("/threads/t-f/runs")).json()[0]
+    usage = (await app.state.services.db.get_run(run["run_id"]))["usage"]
+    assert usage == {
+        "first": {
+            "calls": 1,
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cost_usd": 0.0,
+            "models": ["scripted"],
+        }
+    }, usage
+
+
+async def test_interrupt_after_the_last_node_leaves_a_finished_thread_idle(ask_api: Any) -> None:
+    """`interrupt_after` the node that ends the graph raises its GraphInterrupt after the last
+    step (an `__interrupt__` update), but nothing is left to run: `next` is empty, there is no
+    interrupt to answer, so the thread is idle and the run a success (as a state read says, and
+    as the worker said before)."""
+    client, _ = ask_api
+    await client.post("/threads", json={"thread_id": "t-ia", "graph_id": "ask"})
+    await client.post("/threads/t-ia/runs/wait", json={"assistant_id": "ask", "input": {}})
+    resume = {"assistant_id": "ask", "command": {"resume": "y"}, "interrupt_after": ["ask"]}
+    done = await client.post("/threads/t-ia/runs/wait", json=resume)
+    assert done.status_code == 200, done.text
+    state = (await client.get("/threads/t-ia/state")).json()
+    assert state["next"] == [] and state["interrupts"] == []  # the graph is done
+    assert (await client.get("/threads/t-ia")).json()["status"] == "idle"
+    assert (await client.get("/threads/t-ia/runs")).json()[0]["status"] == "success"
+
+
 RESEARCH_REQUEST = "Research what runners say about carbon-plated trail shoes"
 
 
@@ -517,6 +629,7 @@ async def test_a_run_starts_from_the_state_its_creation_read_only_if_nothing_cha
     assert third.status_code == 200, third.text
     runs = (await client.get("/threads/t-q/runs")).json()[::-1]  # oldest first
     assert [r["status"] for r in runs] == ["success"] * 3
+    assert "created_from" not in runs[0]["kwargs"]  # the server's own, not shown
     rows = [await svc.db.get_run(r["run_id"]) for r in runs]
     # the situations meant: run 2 was created at the start, claimed after run 1; run 3 found the
     # thread where its creation read it
