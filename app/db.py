@@ -1,7 +1,7 @@
 """The app's own tables (outbox, threads, runs, run events) in the same database as the checkpoints.
 
 One SQL dialect serves both backends: SQL is written with `?` placeholders and ISO-8601 UTC text
-timestamps (which order correctly as text); the Postgres backend rewrites `?` to `%s`.
+timestamps (which order correctly as text); the Postgres backend rewrites `?` to `%s` (and a literal `%` to `%%`).
 
 Schema changes are versioned: `_DDL` is the version-1 baseline (idempotent `CREATE ... IF NOT
 EXISTS`), `_UPGRADES[n]` moves a database from version n-1 to n inside one transaction, so an
@@ -24,7 +24,7 @@ import aiosqlite
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # what a database that is briefly unreachable, restarting, locked or out of pooled connections
 # raises (psycopg_pool.PoolTimeout is a psycopg.Error): background loops log these and retry
@@ -82,6 +82,10 @@ _DDL = [
     """CREATE INDEX IF NOT EXISTS runs_thread ON runs (thread_id, started_at)""",
 ]
 
+# the threads of stateless runs (their metadata says so); the same text in the partial index
+# and in the query, so that both databases use the index
+_STATELESS = "metadata LIKE '%\"stateless\"%'"
+
 # version n-1 -> n; each list runs in one transaction together with the version bump
 _UPGRADES: dict[int, list[str]] = {
     2: [
@@ -124,6 +128,10 @@ _UPGRADES: dict[int, list[str]] = {
     3: [
         # the pending writes the thread had when a run started (rollback keeps only those)
         "ALTER TABLE runs ADD COLUMN before_writes TEXT",
+    ],
+    4: [
+        # stateless runs' threads, looked for every minute (`stale_stateless_threads`)
+        f"CREATE INDEX IF NOT EXISTS threads_stateless ON threads (updated_at) WHERE {_STATELESS}",
     ],
 }
 
@@ -281,7 +289,7 @@ class _PostgresBackend:
 
     @staticmethod
     def _sql(sql: str) -> str:
-        return sql.replace("?", "%s")
+        return sql.replace("%", "%%").replace("?", "%s")  # a literal % is %% to psycopg
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self._conn is not None:
@@ -656,9 +664,9 @@ class AppDB:
         deleted (their client went away before the end), idle since before `older_than`."""
         rows = await self._b.fetchall(
             "SELECT thread_id, metadata FROM threads WHERE updated_at < ? AND status <> 'busy'"
-            " AND metadata LIKE ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.thread_id ="
+            f" AND {_STATELESS} AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.thread_id ="
             " threads.thread_id AND runs.status IN ('pending', 'running'))",
-            (iso_us(older_than), '%"stateless"%'),
+            (iso_us(older_than),),
         )
         out = []
         for row in rows:

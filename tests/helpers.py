@@ -136,3 +136,30 @@ async def check_claim_marks_runs_started(storage: Any) -> None:
     assert again["attempt"] == 2 and again["before_checkpoint_id"] == head_id
     assert await before_writes("r-claim") == claimed
     assert (await db.get_thread("t-claim"))["status"] == "busy"
+
+
+async def check_stateless_threads_are_found_by_their_index(db: Any) -> None:
+    """`stale_stateless_threads` finds the idle threads of stateless runs due for deletion (not a
+    kept one, not a thread of a normal run, not one newer than the cutoff), and the database
+    answers it from the partial index `threads_stateless`, not a scan of every thread's
+    metadata (the sweep asks every minute)."""
+    from datetime import timedelta
+
+    from app.db import _STATELESS, utcnow
+
+    for tid, meta in (
+        ("gone", {"stateless": True, "on_completion": "delete"}),
+        ("kept", {"stateless": True, "on_completion": "keep"}),
+        ("normal", {"graph_id": "supervisor"}),
+    ):
+        await db.create_thread(tid, tenant="default", metadata=meta, graph_id="supervisor")
+    assert await db.stale_stateless_threads(utcnow() + timedelta(seconds=1)) == ["gone"]
+    assert await db.stale_stateless_threads(utcnow() - timedelta(hours=1)) == []
+    query = f"SELECT thread_id FROM threads WHERE updated_at < ? AND {_STATELESS}"
+    if db.dialect == "postgres":
+        async with db._b.transaction() as tx:  # a tiny table: keep the planner off a scan
+            await tx.execute("SET LOCAL enable_seqscan = off")
+            plan = await tx.fetchall("EXPLAIN " + query, ("9999",))
+    else:
+        plan = await db._b.fetchall("EXPLAIN QUERY PLAN " + query, ("9999",))
+    assert "threads_stateless" in str(plan), plan

@@ -326,3 +326,16 @@ async def test_an_executors_claim_marks_its_runs_started_in_the_same_statement(
     settings = Settings(model_provider="scripted", data_dir=tmp_path, database_url=pg_dsn)
     async with open_storage(settings, migrate=True) as storage:
         await check_claim_marks_runs_started(storage)
+
+
+async def test_stateless_threads_due_for_deletion_are_found_by_an_index(
+    pg_dsn: str, tmp_path: Any
+) -> None:
+    """The same on Postgres, where the query's literal `%` must reach psycopg as `%%`."""
+    from app.settings import Settings
+    from app.storage import open_storage
+    from tests.helpers import check_stateless_threads_are_found_by_their_index
+
+    settings = Settings(model_provider="scripted", data_dir=tmp_path, database_url=pg_dsn)
+    async with open_storage(settings, migrate=True) as storage:
+        await check_stateless_threads_are_found_by_their_index(storage.db)

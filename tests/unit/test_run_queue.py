@@ -111,6 +111,12 @@ async def test_an_executors_claim_marks_its_runs_started(tmp_path: Path) -> None
         await check_claim_marks_runs_started(storage)
 
 
+async def test_stateless_threads_due_for_deletion_are_found_by_an_index(db: AppDB) -> None:
+    from tests.helpers import check_stateless_threads_are_found_by_their_index
+
+    await check_stateless_threads_are_found_by_their_index(db)
+
+
 async def test_a_claim_that_cannot_mark_its_run_started_leaves_it_queued(db: AppDB) -> None:
     """Claiming and marking started are one transaction: when marking fails (here: no
     checkpointer tables in this bare database) the run is still pending, not `running` under an
