@@ -621,10 +621,8 @@ class AppDB:
         waiting, finished sibling tasks). What langgraph-api does (`adelete_for_runs`). The
         LangGraph checkpointer's tables live in this database; returns checkpoints deleted."""
         writes, match = self._checkpoint_tables()
-        run_rows = await self._b.fetchall(
-            "SELECT before_writes FROM runs WHERE run_id = ?", (run_id,)
-        )
-        before = _loads(run_rows[0]["before_writes"], None) if run_rows else None
+        run = await self.get_run(run_id)
+        before = run["before_writes"] if run is not None else None
         async with self._b.transaction() as tx:
             await tx.execute(
                 f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_id IN"

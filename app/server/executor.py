@@ -442,9 +442,11 @@ class Executor:
         # thread is still there; else the state is read live, before the graph writes (its values
         # include what finished tasks saved on that checkpoint, which a read at a given checkpoint
         # id leaves out and which a resumed run adds to)
+        fork = kw.get("checkpoint_id")
         base = start_usage(run)
         before = None
-        if base is None:
+        # (a fork's first attempt reads the checkpoint it starts from instead, below)
+        if base is None and not (fork and run["attempt"] == 1):
             before = await graph.aget_state(config)
             base = (before.values or {}).get("usage") or {}
         payload: Any
@@ -476,11 +478,8 @@ class Executor:
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
         stream_config: RunnableConfig = {**config}
-        if kw.get("checkpoint_id") and payload is not None:
-            stream_config["configurable"] = {
-                **config["configurable"],
-                "checkpoint_id": kw["checkpoint_id"],
-            }
+        if fork and payload is not None:
+            stream_config["configurable"] = {**config["configurable"], "checkpoint_id": fork}
             # a fork adds to the totals of the checkpoint it starts from, not the head's
             forked = await graph.aget_state(stream_config)
             base = (forked.values or {}).get("usage") or {}

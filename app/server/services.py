@@ -106,7 +106,7 @@ def request_text(value: Any) -> str | None:
 
 
 def created_from(
-    view: ThreadView, row: dict[str, Any] | None, body: RunCreate
+    view: ThreadView, row: dict[str, Any] | None, fork: str | None
 ) -> dict[str, Any] | None:
     """What the run's executor needs of the state the run starts from (the usage it adds to), as
     read here: it is used instead of a second read if, when the run is claimed, the thread is
@@ -115,7 +115,6 @@ def created_from(
     here, could be rolled back by the time this run starts, leaving the same checkpoint), and
     not a fork (it starts from an older checkpoint)."""
     busy = row is not None and row.get("status") == "busy"
-    fork = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if view.status not in ("new", "idle") or busy or fork:
         return None
     return {"checkpoint_id": view.checkpoint_id, "usage": jsonable(view.values.get("usage") or {})}
@@ -174,6 +173,8 @@ async def create_run(
             422, "input: required (the thread has no state yet, so there is nothing to continue)"
         )
 
+    # a run from an older checkpoint than the thread's head
+    fork = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     kwargs: dict[str, Any] = {
         "input": body.input,
         "command": body.command.model_dump(exclude_unset=True) if body.command else None,
@@ -184,12 +185,11 @@ async def create_run(
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
         "durability": body.durability,
-        "checkpoint_id": body.checkpoint_id
-        or (body.checkpoint.checkpoint_id if body.checkpoint else None),
+        "checkpoint_id": fork,
         "on_disconnect": body.on_disconnect,
         # the run executes with the context it was created with, wherever and whenever it runs
         "resolved_context": ctx.model_dump() if ctx is not None else None,
-        "created_from": created_from(view, row, body),
+        "created_from": created_from(view, row, fork),
     }
     if create_thread:  # only once the request is valid: bad input leaves nothing behind
         metadata: dict[str, Any] = {"graph_id": graph_id}

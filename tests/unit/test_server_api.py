@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -412,7 +413,9 @@ async def test_each_runs_usage_is_its_own_across_approvals(api: Any) -> None:
             assert parts == u[field], (agent, field, [r.get(agent) for r in recorded])
 
 
-PARALLEL_GRAPH = """
+# two small graphs with a `usage` channel, served from their own langgraph.json: `ask` waits
+# for an answer (interrupt); in PARALLEL_GRAPH `fast` runs beside it, in ASK_GRAPH before it
+USAGE_GRAPH_HEAD = """
 from typing import Annotated
 from typing_extensions import TypedDict
 from langgraph.graph import END, START, StateGraph
@@ -430,23 +433,61 @@ class S(TypedDict, total=False):
     answer: str
 
 
-def fast(state):
-    return {"usage": used("fast")}
-
-
 def ask(state):
     return {"answer": str(interrupt("ok?")), "usage": used("ask")}
 
 
 builder = StateGraph(S)
-builder.add_node("fast", fast)
 builder.add_node("ask", ask)
+"""
+
+PARALLEL_GRAPH = (
+    USAGE_GRAPH_HEAD
+    + """
+def fast(state):
+    return {"usage": used("fast")}
+
+
+builder.add_node("fast", fast)
 builder.add_edge(START, "fast")
 builder.add_edge(START, "ask")
 builder.add_edge("fast", END)
 builder.add_edge("ask", END)
 graph = builder.compile()
 """
+)
+
+ASK_GRAPH = (
+    USAGE_GRAPH_HEAD
+    + """
+def first(state):
+    return {"usage": used("first")}
+
+
+builder.add_node("first", first)
+builder.add_edge(START, "first")
+builder.add_edge("first", "ask")
+builder.add_edge("ask", END)
+graph = builder.compile()
+"""
+)
+
+
+@asynccontextmanager
+async def serving_graph(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The API serving only `source` as graph `name` (its own langgraph.json)."""
+    (tmp_path / f"{name}_graph.py").write_text(source)
+    (tmp_path / "langgraph.json").write_text(
+        json.dumps({"graphs": {name: f"./{name}_graph.py:graph"}})
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app
 
 
 async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
@@ -455,80 +496,29 @@ async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
     """Two tasks in one step: one finishes, the other stops for approval. The finished task's
     output is saved on the checkpoint as a pending write; the resumed run must not count its
     usage again (its base is the thread's live state, pending writes applied)."""
-    (tmp_path / "parallel_usage_graph.py").write_text(PARALLEL_GRAPH)
-    (tmp_path / "langgraph.json").write_text(
-        json.dumps({"graphs": {"parallel": "./parallel_usage_graph.py:graph"}})
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            made = await client.post(
-                "/threads", json={"thread_id": "t-par", "graph_id": "parallel"}
-            )
-            assert made.status_code == 200, made.text
-            first = await client.post(
-                "/threads/t-par/runs/wait", json={"assistant_id": "parallel", "input": {}}
-            )
-            assert "__interrupt__" in first.json()
-            resume = {"assistant_id": "parallel", "command": {"resume": "yes"}}
-            done = (await client.post("/threads/t-par/runs/wait", json=resume)).json()
-            assert done["answer"] == "yes" and set(done["usage"]) == {"fast", "ask"}
-            second, first_run = (await client.get("/threads/t-par/runs")).json()
-            db = app.state.services.db
-            assert set((await db.get_run(first_run["run_id"]))["usage"]) == {"fast"}
-            assert set((await db.get_run(second["run_id"]))["usage"]) == {"ask"}
-
-
-ASK_GRAPH = """
-from typing import Annotated
-from typing_extensions import TypedDict
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
-from graphs.state import add_usage
-
-
-def used(agent):
-    return {agent: {"calls": 1, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.0,
-                    "models": ["scripted"]}}
-
-
-class S(TypedDict, total=False):
-    usage: Annotated[dict, add_usage]
-    answer: str
-
-
-def first(state):
-    return {"usage": used("first")}
-
-
-def ask(state):
-    return {"answer": str(interrupt("ok?")), "usage": used("ask")}
-
-
-builder = StateGraph(S)
-builder.add_node("first", first)
-builder.add_node("ask", ask)
-builder.add_edge(START, "first")
-builder.add_edge("first", "ask")
-builder.add_edge("ask", END)
-graph = builder.compile()
-"""
+    served = serving_graph(settings, tmp_path, monkeypatch, "parallel", PARALLEL_GRAPH)
+    async with served as (client, app):
+        made = await client.post("/threads", json={"thread_id": "t-par", "graph_id": "parallel"})
+        assert made.status_code == 200, made.text
+        first = await client.post(
+            "/threads/t-par/runs/wait", json={"assistant_id": "parallel", "input": {}}
+        )
+        assert "__interrupt__" in first.json()
+        resume = {"assistant_id": "parallel", "command": {"resume": "yes"}}
+        done = (await client.post("/threads/t-par/runs/wait", json=resume)).json()
+        assert done["answer"] == "yes" and set(done["usage"]) == {"fast", "ask"}
+        second, first_run = (await client.get("/threads/t-par/runs")).json()
+        db = app.state.services.db
+        assert set((await db.get_run(first_run["run_id"]))["usage"]) == {"fast"}
+        assert set((await db.get_run(second["run_id"]))["usage"]) == {"ask"}
 
 
 @pytest.fixture
-async def ask_api(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    (tmp_path / "review_ask_graph.py").write_text(ASK_GRAPH)
-    (tmp_path / "langgraph.json").write_text(
-        json.dumps({"graphs": {"ask": "./review_ask_graph.py:graph"}})
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app
+async def ask_api(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as served:
+        yield served
 
 
 async def test_a_run_stopped_by_interrupt_is_interrupted_even_with_hidden_tasks(
