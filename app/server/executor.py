@@ -84,22 +84,37 @@ def run_config(run: dict[str, Any]) -> RunnableConfig:
 
 
 def start_usage(run: dict[str, Any]) -> dict[str, Any] | None:
-    """The usage a first attempt starts from, as the run's creation read it
-    (`app.server.services.created_from`), if its claim found the thread still at that checkpoint
-    with no writes pending on any head — the state is then that checkpoint's values, unchanged.
-    None: read the state."""
-    created = (run.get("kwargs") or {}).get("created_from")
-    writes = run.get("before_writes")
+    """The usage before the run (the base of what it records), when it is known without a read:
+    as the run's creation read it (`app.server.services.created_from`), if its first claim found
+    the thread still at that checkpoint with no writes pending on any head — the state was then
+    that checkpoint's values, unchanged — else as its first attempt read and stored it
+    (`usage_base`). A later attempt (after a crash or a shutdown) starts from the same base: the
+    head it finds already holds what the earlier attempt added. None: read the state."""
+    kw = run.get("kwargs") or {}
+    created = kw.get("created_from")
+    writes = run.get("before_writes")  # [ns, checkpoint id, task id, idx], from the first claim
     if (
-        run["attempt"] != 1
-        or not isinstance(created, dict)
-        or writes is None  # no claim recorded the start
-        or run.get("before_checkpoint_id") != created.get("checkpoint_id")
-        or any(w[2] is not None for w in writes)  # [ns, checkpoint id, task id, idx]
+        isinstance(created, dict)
+        and writes is not None
+        and run.get("before_checkpoint_id") == created.get("checkpoint_id")
+        and all(w[2] is None for w in writes)
+        and isinstance(created.get("usage"), dict)
     ):
-        return None
-    usage = created.get("usage")
-    return usage if isinstance(usage, dict) else None
+        return created["usage"]
+    stored = kw.get("usage_base")
+    return stored if isinstance(stored, dict) else None
+
+
+def _usage_of(snapshot: Any) -> dict[str, Any]:
+    return dict((snapshot.values or {}).get("usage") or {}) if snapshot is not None else {}
+
+
+def _recorded_usage(base: dict[str, Any], after_values: dict[str, Any]) -> dict[str, Any]:
+    """What a run added to the thread's usage, by agent (also counted in /metrics)."""
+    usage = _usage_delta(base, after_values.get("usage") or {})
+    for agent, u in usage.items():
+        metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
+    return usage
 
 
 class RunOutcome:
@@ -438,21 +453,31 @@ class Executor:
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
         # the claim marked the run started (a first attempt with the checkpoint it starts from).
-        # The usage before it is the base of this run's usage: as its creation read it, if the
-        # thread is still there; else the state is read live, before the graph writes (its values
-        # include what finished tasks saved on that checkpoint, which a read at a given checkpoint
-        # id leaves out and which a resumed run adds to)
+        # The usage before it is the base of this run's usage (`start_usage`); when that is not
+        # known, a first attempt reads the state live, before the graph writes (its values include
+        # what finished tasks saved on that checkpoint, which a read at a given checkpoint id
+        # leaves out and which a resumed run adds to), and stores it for any later attempt
         fork = kw.get("checkpoint_id")
+        at_fork: RunnableConfig | None = (
+            {**config, "configurable": {**config["configurable"], "checkpoint_id": fork}}
+            if fork
+            else None
+        )
         base = start_usage(run)
         before = None
-        # (a fork's first attempt reads the checkpoint it starts from instead, below)
-        if base is None and not (fork and run["attempt"] == 1):
-            before = await graph.aget_state(config)
-            base = (before.values or {}).get("usage") or {}
+        if run["attempt"] > 1 or (base is None and at_fork is None):
+            before = await graph.aget_state(config)  # (a later attempt: did this run checkpoint?)
+        if base is None:
+            if at_fork is not None:  # a fork adds to the totals of its checkpoint, not the head's
+                base = _usage_of(await graph.aget_state(at_fork))
+            else:
+                base = _usage_of(before)
+                if run["attempt"] == 1:  # a later attempt finds this run's own writes at the head
+                    await self.db.set_run_fields(run_id, kwargs={**kw, "usage_base": base})
         payload: Any
         record_before = False
         if (
-            before is not None  # always read for a later attempt
+            before is not None
             and run["attempt"] > 1
             and (before.metadata or {}).get("run_id") == run_id
         ):
@@ -462,7 +487,8 @@ class Executor:
             # tasks all wrote, before its next checkpoint, has `next` empty and more to do)
             if not before.tasks:
                 thread_status = thread_status_of(before)
-                return thread_status.replace("idle", "success"), {}, thread_status
+                usage = _recorded_usage(base, before.values or {})
+                return thread_status.replace("idle", "success"), usage, thread_status
         else:
             cmd = kw.get("command")
             payload = (
@@ -478,11 +504,8 @@ class Executor:
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
         stream_config: RunnableConfig = {**config}
-        if fork and payload is not None:
-            stream_config["configurable"] = {**config["configurable"], "checkpoint_id": fork}
-            # a fork adds to the totals of the checkpoint it starts from, not the head's
-            forked = await graph.aget_state(stream_config)
-            base = (forked.values or {}).get("usage") or {}
+        if at_fork is not None and payload is not None:
+            stream_config = at_fork
         if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
             await self.events.append(
                 run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
@@ -538,9 +561,7 @@ class Executor:
         else:
             await batcher.drain()
             after_values, thread_status = known
-        usage = _usage_delta(base or {}, after_values.get("usage") or {})
-        for agent, u in usage.items():
-            metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
+        usage = _recorded_usage(base, after_values)
         return (
             ("interrupted" if thread_status == "interrupted" else "success"),
             usage,

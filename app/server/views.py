@@ -85,7 +85,11 @@ def thread_json(row: dict[str, Any], snap: StateSnapshot | None) -> dict[str, An
     )
 
 
-_INTERNAL_KWARGS = ("resolved_context", "created_from")  # the server's own, not the client's
+_INTERNAL_KWARGS = (
+    "resolved_context",
+    "created_from",
+    "usage_base",
+)  # the server's own, not the client's
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:

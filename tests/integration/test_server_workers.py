@@ -8,6 +8,7 @@ graceful stop takes the workers down with it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -179,6 +180,24 @@ async def test_cancel_and_rollback_reach_the_worker_at_once(server: Server) -> N
     assert without_message_ids(after["values"]) == without_message_ids(before["values"])
 
 
+def json_of(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def sum_usage(usages: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for usage in usages:
+        for agent, u in (usage or {}).items():
+            acc = out.setdefault(agent, {"calls": 0, "input_tokens": 0, "output_tokens": 0})
+            for key in acc:
+                acc[key] += u[key]
+    return out
+
+
+def counts(usage: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    return {a: (u["calls"], u["input_tokens"], u["output_tokens"]) for a, u in usage.items()}
+
+
 async def test_kill_9_of_the_worker_mid_run_it_is_restarted_and_the_run_completes_once(
     pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -220,6 +239,13 @@ async def test_kill_9_of_the_worker_mid_run_it_is_restarted_and_the_run_complete
         assert [p.data["attempt"] for p in parts if p.event == "metadata"] == [1, 2]
         ids = [int(p.id) for p in parts]
         assert ids == sorted(set(ids))  # no duplicate across the two attempts
+        # each run records what it added, the attempts before a kill included: together the
+        # runs account for the thread's whole usage
+        runs = await c.runs.list(tid, limit=10)
+        assert len(runs) == 4
+        recorded = [json_of(run_row(pg_dsn, r["run_id"])["usage"]) for r in runs]
+        totals = (await c.threads.get_state(tid))["values"]["usage"]
+        assert counts(sum_usage(recorded)) == counts(totals), (recorded, totals)
         log = server.log()
         assert log.count("was killed by SIGKILL; restarting it") == 2
         # the killed workers' runs count, their live gauges do not

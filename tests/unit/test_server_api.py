@@ -583,6 +583,112 @@ async def test_interrupt_after_the_last_node_leaves_a_finished_thread_idle(ask_a
     assert (await client.get("/threads/t-ia/runs")).json()[0]["status"] == "success"
 
 
+HELD_GRAPH = (
+    USAGE_GRAPH_HEAD
+    + """
+import asyncio
+import os
+
+HOLD = __HOLD__
+
+
+def first(state):
+    return {"usage": used("first")}
+
+
+def held(name):
+    async def node(state):  # waits while the file named after it exists
+        while os.path.exists(os.path.join(HOLD, name)):
+            await asyncio.sleep(0.01)
+        return {"usage": used(name)}
+
+    return node
+
+
+builder.add_node("first", first)
+builder.add_node("slow", held("slow"))
+builder.add_node("after", held("after"))
+builder.add_edge(START, "first")
+builder.add_edge("first", "slow")
+builder.add_edge("slow", "ask")
+builder.add_edge("ask", "after")
+builder.add_edge("after", END)
+graph = builder.compile()
+"""
+)
+
+
+async def wait_for_usage(client: httpx.AsyncClient, thread_id: str, agent: str) -> None:
+    for _ in range(500):
+        state = (await client.get(f"/threads/{thread_id}/state")).json()
+        if agent in (state["values"] or {}).get("usage", {}):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{agent} never ran on {thread_id}")
+
+
+async def test_a_later_attempt_records_everything_the_run_added(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped part-way (here by a shutdown; a crash is the same) is taken up by a new
+    attempt, which continues from the run's last checkpoint. The head it finds already holds what
+    the first attempt added; the run still records everything it added, from the usage before
+    its first attempt: on a new thread (known when the run was created) and on a resume (read by
+    the first attempt and kept for the next)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    quick = settings.model_copy(update={"shutdown_grace_s": 0.1})
+
+    def server() -> Any:
+        return serving_graph(quick, tmp_path, monkeypatch, "held", source)
+
+    async def finished(client: httpx.AsyncClient, app: Any, run_id: str) -> dict[str, Any]:
+        joined = await client.get(f"/threads/t-held/runs/{run_id}/join")
+        assert joined.status_code == 200, joined.text
+        row = await app.state.services.db.get_run(run_id)
+        assert row is not None
+        return row
+
+    (hold / "slow").touch()
+    async with server() as (client, _):
+        await client.post("/threads", json={"thread_id": "t-held", "graph_id": "held"})
+        body = {"assistant_id": "held", "input": {}}
+        first = (await client.post("/threads/t-held/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-held", "first")  # checkpointed; `slow` waits
+    (hold / "slow").unlink()
+    (hold / "after").touch()
+    async with server() as (client, app):
+        row = await finished(client, app, first)  # attempt 2: slow, then ask stops it
+        assert (row["attempt"], row["status"]) == (2, "interrupted")
+        assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
+        resume = {"assistant_id": "held", "command": {"resume": "yes"}}
+        second = (await client.post("/threads/t-held/runs", json=resume)).json()["run_id"]
+        await wait_for_usage(client, "t-held", "ask")  # checkpointed; `after` waits
+    (hold / "after").unlink()
+    async with server() as (client, app):
+        row = await finished(client, app, second)
+        assert (row["attempt"], row["status"]) == (2, "success")
+        assert sorted(row["usage"]) == ["after", "ask"], row["usage"]
+        assert all(u["calls"] == 1 for u in row["usage"].values())
+        kwargs = (await client.get(f"/threads/t-held/runs/{second}")).json()["kwargs"]
+        assert "usage_base" not in kwargs  # the server's own bookkeeping, not shown
+        history = (await client.get("/threads/t-held/history")).json()
+        start = history[-1]["checkpoint"]["checkpoint_id"]  # before anything ran
+        fork = {**body, "checkpoint_id": start}
+        (hold / "slow").touch()
+        third = (await client.post("/threads/t-held/runs", json=fork)).json()["run_id"]
+        for _ in range(500):  # the fork's `first` is checkpointed: `slow` waits
+            if (await client.get("/threads/t-held/state")).json()["next"] == ["slow"]:
+                break
+            await asyncio.sleep(0.01)
+    (hold / "slow").unlink()
+    async with server() as (client, app):
+        row = await finished(client, app, third)  # a fork's later attempt: from its checkpoint
+        assert (row["attempt"], row["status"]) == (2, "interrupted")
+        assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
+
+
 RESEARCH_REQUEST = "Research what runners say about carbon-plated trail shoes"
 
 
