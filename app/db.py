@@ -24,6 +24,8 @@ import aiosqlite
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from app.tasks import to_the_end
+
 SCHEMA_VERSION = 4
 
 # what a database that is briefly unreachable, restarting, locked or out of pooled connections
@@ -291,10 +293,18 @@ class _PostgresBackend:
     def _sql(sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")  # a literal % is %% to psycopg
 
+    # A statement on a pooled connection (no transaction around it) runs to its end even when
+    # its caller is cancelled (`app.tasks.to_the_end`): the connection goes back to the pool whole
+    # instead of being closed, as a cancelled query's connection often is. A statement takes
+    # milliseconds; its caller does not wait for it.
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self._conn is not None:
             cur = await self._conn.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
+        return await to_the_end(self._pooled_execute(sql, params))
+
+    async def _pooled_execute(self, sql: str, params: Sequence[Any]) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
@@ -303,6 +313,9 @@ class _PostgresBackend:
         if self._conn is not None:
             cur = await self._conn.execute(self._sql(sql), tuple(params))
             return [dict(r) for r in await cur.fetchall()]
+        return await to_the_end(self._pooled_fetchall(sql, params))
+
+    async def _pooled_fetchall(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(self._sql(sql), tuple(params))
             return [dict(r) for r in await cur.fetchall()]

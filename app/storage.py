@@ -45,6 +45,20 @@ RECENTLY_USED_S = 2.0
 _handed_out: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
+def pooled_saver(pool: AsyncConnectionPool[Any]) -> AsyncPostgresSaver:
+    """`AsyncPostgresSaver` on the pool, with its calls no longer one at a time.
+
+    The saver serialises every call through one `asyncio.Lock`, which a single shared connection
+    needs and a pool does not (each call takes a connection of its own): a process then reads
+    and writes one checkpoint at a time — a worker's concurrent runs wait for each other's
+    checkpoints, a server's run creations for each other's state reads (langgraph issue #7259,
+    fix proposed in PR #7269). Half the pool may serve checkpoint calls at once; the rest stays
+    for the app tables the same pool serves."""
+    saver = AsyncPostgresSaver(pool)
+    saver.lock = asyncio.Semaphore(max(1, pool.max_size // 2))  # type: ignore[assignment]
+    return saver
+
+
 async def check_unless_recently_used(conn: Any) -> None:
     """The pool's check on each checkout: ping the connection (a round trip) unless it was
     handed out less than `RECENTLY_USED_S` ago. The pool discards a connection that broke while
@@ -109,7 +123,7 @@ async def open_storage(
     pool = make_pool(dsn, s.db_pool_max_size, prepare=s.db_prepared_statements)
     await pool.open(wait=True, timeout=15)
     try:
-        saver: BaseCheckpointSaver[Any] = AsyncPostgresSaver(pool)
+        saver: BaseCheckpointSaver[Any] = pooled_saver(pool)
         db = postgres_db(pool)
         if migrate:
             await saver.setup()  # type: ignore[attr-defined]
