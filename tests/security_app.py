@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from app.db import AppDB, open_sqlite_db
@@ -85,6 +87,12 @@ def build_app(settings: Settings, db: AppDB | None = None, db_path: Path | None 
             raise ThreadNotFoundError(thread_id)
         if thread_id == "boom":
             raise RuntimeError("database password is hunter2 at /srv/secret/path")
+        if thread_id == "pool-dry":
+            raise PoolTimeout("couldn't get a connection after 30.00 sec")
+        if thread_id == "locked":
+            raise sqlite3.OperationalError("database is locked")
+        if thread_id == "no-table":
+            raise sqlite3.OperationalError("no such table: runs")
         return {"thread_id": thread_id, "assistant_id": body.assistant_id, "by": principal.key_id}
 
     return app

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -120,6 +122,37 @@ async def _model_validation_error(request: Request, exc: Exception) -> JSONRespo
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     status = getattr(exc, "status", 400)
     return error_response(status if 400 <= status < 600 else 400, str(exc))
+
+
+# the database cannot answer now: no pooled connection free in time (psycopg_pool.PoolTimeout is
+# one), a lost connection, a restart, SQLite's "database is locked"
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    sqlite3.OperationalError,
+)
+RETRY_AFTER_S = 1
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with `Retry-After`: the request may well succeed when repeated; nothing was lost (a
+    write whose transaction did not commit did not happen)."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc):
+        return await _unexpected_error(request, exc)  # a missing table, a bad statement: a bug
+    ref = uuid.uuid4().hex[:12]
+    log.warning(
+        "database unavailable (ref %s) on %s %s: %s: %s",
+        ref,
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+    )
+    return error_response(
+        503,
+        f"the database is busy or unreachable ({type(exc).__name__}, ref {ref}); retry in "
+        f"{RETRY_AFTER_S} s — if this persists, check the database and DB_POOL_MAX_SIZE",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -224,6 +257,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(ValidationError, _model_validation_error)
     app.add_exception_handler(AppError, _app_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)
 
     limiter = RateLimiter(
