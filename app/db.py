@@ -484,9 +484,11 @@ class AppDB:
     async def claim_due(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
         """Atomically move due rows from `scheduled` to `publishing` (each claimed once)."""
         async with self._b.transaction() as tx:
+            # (the due rows are read once: see `claim_runs` on `IN (SELECT ... LIMIT ?)`)
             return await tx.fetchall(
-                "UPDATE outbox SET status = 'publishing' WHERE id IN (SELECT id FROM outbox"
-                " WHERE status = 'scheduled' AND scheduled_at <= ? ORDER BY scheduled_at LIMIT ?)"
+                "WITH due AS MATERIALIZED (SELECT id FROM outbox WHERE status = 'scheduled'"
+                " AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT ?)"
+                " UPDATE outbox SET status = 'publishing' WHERE id IN (SELECT id FROM due)"
                 f" RETURNING {_OUTBOX_COLS}",
                 (iso(now), limit),
             )
@@ -865,24 +867,31 @@ class AppDB:
                     " before_writes = CASE WHEN runs.attempt = 0 THEN"
                     f" {self._head_writes_sql('runs.thread_id')} ELSE runs.before_writes END"
                 )
+            # the picked runs are a MATERIALIZED CTE, read once: as `run_id IN (SELECT ... LIMIT
+            # ? FOR UPDATE SKIP LOCKED)` the planner may run the subquery again for each row it
+            # updates, each time skipping the rows it has just locked — and on a table without
+            # statistics it did: one claim of 8 took all 100 pending runs
             update = (
-                f"UPDATE runs SET {sets} WHERE status = 'pending' AND run_id IN"
-                " (SELECT run_id FROM runs r WHERE status = 'pending'"
+                "WITH picked AS MATERIALIZED (SELECT run_id AS picked_id FROM runs r"
+                " WHERE status = 'pending'"
                 " AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = r.thread_id"
                 "   AND x.status = 'running')"
                 " AND NOT EXISTS (SELECT 1 FROM runs y WHERE y.thread_id = r.thread_id"
                 "   AND y.status = 'pending' AND y.started_at < r.started_at)"
-                " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {RUN_COLS}"
+                " ORDER BY started_at LIMIT ? FOR UPDATE SKIP LOCKED),"
+                f" claimed AS (UPDATE runs SET {sets} FROM picked"
+                " WHERE runs.run_id = picked.picked_id AND runs.status = 'pending'"
+                f" RETURNING {RUN_COLS})"
             )
-            params += (limit,)
+            params = (limit, *params)
             if start:
-                update = (
-                    f"WITH claimed AS ({update}), busy AS (UPDATE threads t SET status = 'busy',"
+                update += (
+                    ", busy AS (UPDATE threads t SET status = 'busy',"
                     " graph_id = c.graph_id, updated_at = ? FROM claimed c"
-                    " WHERE t.thread_id = c.thread_id) SELECT * FROM claimed"
+                    " WHERE t.thread_id = c.thread_id)"
                 )
                 params += (now,)
+            update += " SELECT * FROM claimed"
             try:
                 rows = await self._b.fetchall(update, params)
                 return [_run_row(r) for r in rows]

@@ -28,11 +28,12 @@ from app.db import (
     LeaseLostError,
     _PostgresBackend,
     postgres_db,
+    utcnow,
 )
 from app.leases import lease_until
 from app.server.events import RunSignals, follow
 from app.server.notify import PgListener
-from app.storage import make_pool
+from app.storage import make_pool, pooled_saver
 from tests.helpers import queue_run
 
 pytestmark = pytest.mark.integration
@@ -207,6 +208,47 @@ async def test_enqueue_is_one_statement_and_concurrent_claims_take_each_thread_o
     assert await db.finish_run("t0-r0", "success", {}, owner=owner)
     (nxt,) = await db.claim_runs("w9", lease_until(30), 5)
     assert nxt["run_id"] == "t0-r1"
+
+
+@pytest.mark.parametrize("start", [False, True], ids=["claim", "claim-and-start"])
+async def test_a_claim_takes_at_most_its_limit_from_a_long_queue(
+    pg: tuple[AppDB, Any], start: bool
+) -> None:
+    """100 runs pending on 100 threads, a worker with room for 8 claims 8. (As `run_id IN
+    (SELECT ... LIMIT 8 FOR UPDATE SKIP LOCKED)` the subquery ran again for every row, each time
+    past the rows it had locked: on a new table the claim took all 100, so one worker ran the
+    whole queue at once, over its WORKER_CONCURRENCY, and left nothing to other workers.)"""
+    db, pool = pg
+    if start:  # marking runs started reads the checkpointer's tables
+        await pooled_saver(pool).setup()
+    for i in range(100):
+        await queue_run(db, f"t{i}", f"r{i:03}", new_thread=True)
+    first = await db.claim_runs("w1", lease_until(30), 8, start=start)
+    assert [r["run_id"] for r in first] == [f"r{i:03}" for i in range(8)]  # the oldest first
+    (count,) = await db._b.fetchall("SELECT count(*) AS n FROM runs WHERE status = 'running'")
+    assert count["n"] == 8
+    second = await db.claim_runs("w2", lease_until(30), 8, start=start)
+    assert [r["run_id"] for r in second] == [f"r{i:03}" for i in range(8, 16)]
+
+
+async def test_the_publisher_claims_at_most_its_limit_of_due_posts(pg: tuple[AppDB, Any]) -> None:
+    db, _ = pg
+    due = utcnow()
+    for i in range(30):
+        await db.enqueue(
+            thread_id="t",
+            artifact_id=f"a{i}",
+            version=1,
+            platform="x",
+            kind="post",
+            title="",
+            body=f"post {i}",
+            scheduled_at=due,  # all due at the same instant: ties in the order
+        )
+    claimed = await db.claim_due(utcnow(), limit=5)
+    assert len(claimed) == 5
+    publishing = await db.list_outbox(status="publishing")
+    assert sorted(r["id"] for r in publishing) == sorted(r["id"] for r in claimed)
 
 
 async def test_appended_events_reach_a_live_reader_in_the_notification_without_a_read(
