@@ -822,7 +822,7 @@ def serve(
     except (InsecureBindError, EmbeddedStoreError) as exc:
         _fail(str(exc))
     uvicorn.run(
-        create_app(settings, host=host, workers=workers),
+        create_app(settings, host=host, workers=workers, freeze_heap=True),
         host=host,
         port=port,
         log_level=log_level,

@@ -22,6 +22,7 @@ from app.bootstrap import open_runner
 from app.errors import AppError
 from app.server import metrics
 from app.server.auth import InsecureBindError, startup_check
+from app.server.heap import freeze_startup_heap
 from app.server.registry import Registry
 from app.server.routes import assistants, chat, keys, meta, runs, threads
 from app.server.routes.meta import app_version
@@ -97,8 +98,15 @@ async def shared_metrics(n_workers: int) -> AsyncIterator[Path | None]:
 
 
 def create_app(
-    settings: Settings | None = None, *, host: str = "127.0.0.1", workers: int | None = None
+    settings: Settings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    workers: int | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
+    """`freeze_heap`: once started, exempt the start-up heap from garbage collection
+    (`app.server.heap`) — for a process that serves this app until it exits (`mkt serve`), not
+    for one that creates apps over and over (tests)."""
     s = settings or get_settings()
     n_workers = worker_count(s, workers)
     check_workers_and_store(s, n_workers)
@@ -149,6 +157,8 @@ def create_app(
                 )
                 if executor.recovered:
                     _say(f"resuming {executor.recovered} run(s) left by a stopped server")
+                if freeze_heap:  # no full-heap GC pauses from here on
+                    freeze_startup_heap()
                 try:
                     yield
                 finally:

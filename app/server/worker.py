@@ -20,6 +20,7 @@ from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL
 from app.runner import Runner
 from app.server import metrics
 from app.server.executor import Executor
+from app.server.heap import freeze_startup_heap
 from app.server.notify import Handler, PgListener
 from app.server.registry import Registry
 from app.settings import Settings
@@ -141,6 +142,7 @@ async def run_worker(
                 f"{READY} up to {settings.worker_concurrency} runs at once · model "
                 f"{info.describe()} · storage {runner.storage.description}{scrape}{resumed}"
             )
+            freeze_startup_heap()  # no full-heap GC pauses from here on (app.server.heap)
             watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
             await stop.wait()
             if watcher is not None:
