@@ -1,0 +1,21 @@
+"""Garbage-collector pauses of long-running server processes.
+
+A server process holds a large heap that never goes away: modules, compiled graphs, pydantic
+schemas, the model client — about a million tracked objects. CPython's full (generation 2)
+collection walks every one of them, so each took 100–180 ms on the benchmark machine, and while
+it runs nothing else in the process does: every stream and run creation waits (they showed up
+as clusters of ~200 ms time-to-first-event). `gc.freeze()` moves the objects alive once start-up
+is over to a permanent generation that collections skip; later collections only walk what was
+allocated since. Cycles among frozen objects are never reclaimed — start-up objects live for the
+life of the process anyway."""
+
+from __future__ import annotations
+
+import gc
+
+
+def freeze_startup_heap() -> int:
+    """Collect what start-up left behind, then freeze the rest; returns the frozen count."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -1,0 +1,131 @@
+"""A chat endpoint for clients without the LangGraph SDK: post a message, read an SSE stream of
+plain events (`run`, `plan`, `agent_start`, `agent_done`, `token`, `approval`, `final`, `error`,
+`end`); answer an approval with the companion call, which streams the continuation the same way.
+It is a view over the same runs and event log as the SDK routes (see README, "Chat endpoint")."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from langchain_core.messages import AIMessage
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.runner import progress_events
+from app.server import metrics
+from app.server.auth import Principal, require
+from app.server.events import follow
+from app.server.schemas import ChatApproval, ChatMessage, CommandBody, RunCreate
+from app.server.services import Services, Svc, create_run, graph_of, owned_thread
+from app.server.streaming import run_headers
+
+router = APIRouter(tags=["chat"])
+Editor = Annotated[Principal, Depends(require("editor"))]
+CHAT_MODES: list[Any] = ["tasks", "messages-tuple", "updates"]
+
+
+def _chat_events(event: str, data: Any) -> list[dict[str, Any]]:
+    if event in ("metadata", "end"):  # the chat stream sends its own `end` with the final text
+        return []
+    if event == "error":
+        return [{"type": "error", **data}]
+    if event == "updates":
+        if isinstance(data, dict) and data.get("__interrupt__"):
+            intr = data["__interrupt__"][0]
+            value = intr["value"]
+            request = value[0] if isinstance(value, list) and value else value
+            return [{"type": "approval", "interrupt_id": intr["id"], "request": request}]
+        return []
+    return progress_events(event, data)
+
+
+def _stream(svc: Services, run: dict[str, Any]) -> EventSourceResponse:
+    run_id, thread_id = run["run_id"], run["thread_id"]
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        metrics.stream_opened()
+        try:
+            yield ServerSentEvent(
+                data=json.dumps({"type": "run", "thread_id": thread_id, "run_id": run_id}),
+                event="run",
+            )
+            async for ev in follow(svc.db, svc.executor.signals, run_id):
+                for out in _chat_events(ev.event, json.loads(ev.data)):
+                    yield ServerSentEvent(data=json.dumps(out), event=out["type"], id=str(ev.id))
+            final = await svc.db.get_run(run_id)
+            status = final["status"] if final else "deleted"
+            if status == "success":
+                row = await svc.db.get_thread(thread_id)
+                snap = await graph_of(svc, row or {}).aget_state(
+                    {"configurable": {"thread_id": thread_id}}
+                )
+                messages = snap.values.get("messages") or []
+                text = (
+                    str(messages[-1].content)
+                    if messages and isinstance(messages[-1], AIMessage)
+                    else ""
+                )
+                yield ServerSentEvent(
+                    data=json.dumps({"type": "final", "text": text}), event="final"
+                )
+            yield ServerSentEvent(
+                data=json.dumps({"type": "end", "status": status, "thread_id": thread_id}),
+                event="end",
+            )
+        finally:
+            metrics.stream_closed()
+
+    return EventSourceResponse(
+        events(),
+        headers={
+            **run_headers(thread_id, run_id),
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        },
+        ping=max(1, int(svc.settings.sse_heartbeat_s)),
+        send_timeout=svc.settings.sse_send_timeout_s,
+    )
+
+
+@router.post("/chat", summary="Send a message; SSE of tokens, progress and approval requests")
+async def chat(body: ChatMessage, svc: Svc, principal: Editor) -> EventSourceResponse:
+    run = await create_run(
+        svc,
+        principal,
+        body.thread_id or str(uuid.uuid4()),
+        RunCreate(
+            assistant_id="supervisor",
+            input={"messages": [{"role": "user", "content": body.message}]},
+            stream_mode=CHAT_MODES,
+            context=body.context,
+            multitask_strategy="reject",
+            if_not_exists="create",
+        ),
+    )
+    return _stream(svc, run)
+
+
+@router.post(
+    "/chat/{thread_id}/approval",
+    summary="Answer the thread's pending approval; SSE of the continuation",
+)
+async def approve(
+    thread_id: str, body: ChatApproval, svc: Svc, principal: Editor
+) -> EventSourceResponse:
+    await owned_thread(svc, principal, thread_id)
+    run = await create_run(
+        svc,
+        principal,
+        thread_id,
+        RunCreate(
+            assistant_id="supervisor",
+            command=CommandBody(resume=body.answer),
+            stream_mode=CHAT_MODES,
+            context=body.context,
+            multitask_strategy="reject",
+        ),
+    )
+    return _stream(svc, run)

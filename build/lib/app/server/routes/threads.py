@@ -1,0 +1,223 @@
+"""Threads: create, get, search, count, patch, delete; state (now, at a checkpoint, update with
+`as_node`) and history. Every read and write is scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from langchain_core.runnables import RunnableConfig
+
+from app.server.auth import Principal, require
+from app.server.schemas import (
+    CheckpointBody,
+    HistoryQuery,
+    StateAtCheckpoint,
+    StateUpdate,
+    ThreadCount,
+    ThreadCreate,
+    ThreadPatch,
+    ThreadSearch,
+)
+from app.server.services import Services, Svc, graph_of, owned_thread
+from app.server.views import checkpoint_of, state_json, thread_json
+
+router = APIRouter(tags=["threads"])
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Editor = Annotated[Principal, Depends(require("editor"))]
+
+
+def _config(thread_id: str, checkpoint: CheckpointBody | None = None) -> RunnableConfig:
+    conf: dict[str, Any] = {"thread_id": thread_id}
+    if checkpoint is not None:
+        extra = checkpoint.model_dump(exclude_none=True)
+        extra.pop("thread_id", None)
+        conf.update(extra)
+    return {"configurable": conf}
+
+
+async def _thread_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
+    snap = await graph_of(svc, row).aget_state(_config(row["thread_id"]))
+    return thread_json(row, snap)
+
+
+@router.post("/threads", summary="Create a thread")
+async def create_thread(body: ThreadCreate, svc: Svc, principal: Editor) -> dict[str, Any]:
+    thread_id = body.thread_id or str(uuid.uuid4())
+    metadata = dict(body.metadata or {})
+    graph_id = body.graph_id or metadata.get("graph_id") or "supervisor"
+    if graph_id not in svc.registry.graphs:
+        raise HTTPException(
+            422, f"graph_id: unknown graph {graph_id!r}; known: {sorted(svc.registry.graphs)}"
+        )
+    row, created = await svc.db.create_thread(
+        thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
+    )
+    if not created:
+        if body.if_exists == "do_nothing" and row["tenant"] == principal.tenant:
+            return await _thread_out(svc, row)
+        raise HTTPException(
+            409, f"thread {thread_id} already exists (send if_exists='do_nothing' to reuse it)"
+        )
+    return thread_json(row, None)  # new: no state yet
+
+
+@router.post("/threads/search", summary="Search threads (metadata, status, ids)")
+async def search_threads(body: ThreadSearch, svc: Svc, principal: Viewer) -> list[dict[str, Any]]:
+    rows = await svc.db.search_threads(
+        principal.tenant,
+        status=body.status,
+        metadata=body.metadata,
+        ids=body.ids,
+        limit=body.limit,
+        offset=body.offset,
+        sort_by=body.sort_by or "created_at",
+        descending=(body.sort_order or "desc") == "desc",
+    )
+    return [await _thread_out(svc, row) for row in rows]
+
+
+@router.post("/threads/count", summary="Count threads")
+async def count_threads(body: ThreadCount, svc: Svc, principal: Viewer) -> int:
+    if body.values:
+        raise HTTPException(422, "values: counting by state values is not supported; use metadata")
+    rows = await svc.db.search_threads(
+        principal.tenant, status=body.status, metadata=body.metadata, limit=1_000_000
+    )
+    return len(rows)
+
+
+@router.get("/threads/{thread_id}", summary="Get a thread")
+async def get_thread(thread_id: str, svc: Svc, principal: Viewer) -> dict[str, Any]:
+    return await _thread_out(svc, await owned_thread(svc, principal, thread_id))
+
+
+@router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
+async def patch_thread(
+    thread_id: str, body: ThreadPatch, svc: Svc, principal: Editor
+) -> dict[str, Any]:
+    await owned_thread(svc, principal, thread_id)
+    if body.ttl:
+        raise HTTPException(422, "ttl: not supported; old event logs are pruned by retention")
+    await svc.db.update_thread(thread_id, metadata=body.metadata)
+    return await _thread_out(svc, await owned_thread(svc, principal, thread_id))
+
+
+@router.delete("/threads/{thread_id}", status_code=204, summary="Delete a thread")
+async def delete_thread(thread_id: str, svc: Svc, principal: Editor) -> Response:
+    await owned_thread(svc, principal, thread_id)
+    for run in await svc.db.active_runs(thread_id):
+        await svc.executor.cancel(run, "interrupt")
+        await svc.executor.wait_until_done(run["run_id"], within_s=30)
+    await svc.executor.erase_thread(thread_id)
+    return Response(status_code=204)
+
+
+# --- state ------------------------------------------------------------------------------------
+@router.get("/threads/{thread_id}/state", summary="The thread's current state")
+async def get_state(
+    thread_id: str, svc: Svc, principal: Viewer, subgraphs: bool = False
+) -> dict[str, Any]:
+    row = await owned_thread(svc, principal, thread_id)
+    snap = await graph_of(svc, row).aget_state(_config(thread_id), subgraphs=subgraphs)
+    return state_json(snap)
+
+
+@router.get("/threads/{thread_id}/state/{checkpoint_id}", summary="State at a checkpoint")
+async def get_state_at(
+    thread_id: str, checkpoint_id: str, svc: Svc, principal: Viewer, subgraphs: bool = False
+) -> dict[str, Any]:
+    row = await owned_thread(svc, principal, thread_id)
+    return await _state_at(svc, row, CheckpointBody(checkpoint_id=checkpoint_id), subgraphs)
+
+
+@router.post("/threads/{thread_id}/state/checkpoint", summary="State at a checkpoint (body)")
+async def post_state_at(
+    thread_id: str, body: StateAtCheckpoint, svc: Svc, principal: Viewer
+) -> dict[str, Any]:
+    row = await owned_thread(svc, principal, thread_id)
+    return await _state_at(svc, row, body.checkpoint, body.subgraphs)
+
+
+async def _state_at(
+    svc: Services, row: dict[str, Any], checkpoint: CheckpointBody, subgraphs: bool
+) -> dict[str, Any]:
+    graph = graph_of(svc, row)
+    config = _config(row["thread_id"], checkpoint)
+    if checkpoint.checkpoint_id and await svc.registry.checkpointer.aget_tuple(config) is None:
+        raise HTTPException(
+            404, f"checkpoint {checkpoint.checkpoint_id!r} not found on this thread"
+        )
+    return state_json(await graph.aget_state(config, subgraphs=subgraphs))
+
+
+@router.post("/threads/{thread_id}/state", summary="Update the thread's state (as a node)")
+async def update_state(
+    thread_id: str, body: StateUpdate, svc: Svc, principal: Editor
+) -> dict[str, Any]:
+    row = await owned_thread(svc, principal, thread_id)
+    if await svc.db.active_runs(thread_id):
+        raise HTTPException(409, f"thread {thread_id} has a run in progress: update it afterwards")
+    graph = graph_of(svc, row)
+    checkpoint = body.checkpoint or (
+        CheckpointBody(checkpoint_id=body.checkpoint_id) if body.checkpoint_id else None
+    )
+    if (
+        body.as_node is not None
+        and body.as_node not in graph.nodes
+        and body.as_node
+        not in (
+            "__start__",
+            "__copy__",
+            "__input__",
+        )
+    ):
+        raise HTTPException(
+            422, f"as_node: unknown node {body.as_node!r}; nodes: {sorted(graph.nodes)}"
+        )
+    try:
+        config = await graph.aupdate_state(
+            _config(thread_id, checkpoint), body.values, as_node=body.as_node
+        )
+    except (ValueError, KeyError, TypeError) as exc:  # LangGraph's answer to an invalid update
+        raise HTTPException(422, f"values: the update was rejected: {exc}") from exc
+    snap = await graph.aget_state(_config(thread_id))
+    await svc.db.update_thread(thread_id, status="interrupted" if snap.interrupts else "idle")
+    return {"checkpoint": checkpoint_of(config)}
+
+
+# --- history ----------------------------------------------------------------------------------
+async def _history(svc: Services, row: dict[str, Any], q: HistoryQuery) -> list[dict[str, Any]]:
+    graph = graph_of(svc, row)
+    before = q.before
+    if isinstance(before, str):
+        before = CheckpointBody(checkpoint_id=before)
+    out = []
+    async for snap in graph.aget_state_history(
+        _config(row["thread_id"], q.checkpoint),
+        filter=q.metadata or None,
+        before=_config(row["thread_id"], before) if before else None,
+        limit=q.limit,
+    ):
+        out.append(state_json(snap))
+    return out
+
+
+@router.post("/threads/{thread_id}/history", summary="Past states, newest first")
+async def post_history(
+    thread_id: str, body: HistoryQuery, svc: Svc, principal: Viewer
+) -> list[dict[str, Any]]:
+    return await _history(svc, await owned_thread(svc, principal, thread_id), body)
+
+
+@router.get("/threads/{thread_id}/history", summary="Past states, newest first")
+async def get_history(
+    thread_id: str,
+    svc: Svc,
+    principal: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    before: str | None = None,
+) -> list[dict[str, Any]]:
+    row = await owned_thread(svc, principal, thread_id)
+    return await _history(svc, row, HistoryQuery(limit=limit, before=before))
