@@ -14,11 +14,11 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import psycopg
@@ -27,6 +27,8 @@ from psycopg_pool import AsyncConnectionPool
 from app.tasks import to_the_end
 
 SCHEMA_VERSION = 4
+
+_T = TypeVar("_T")
 
 # what a database that is briefly unreachable, restarting, locked or out of pooled connections
 # raises (psycopg_pool.PoolTimeout is a psycopg.Error): background loops log these and retry
@@ -295,30 +297,45 @@ class _PostgresBackend:
 
     # A statement on a pooled connection (no transaction around it) runs to its end even when
     # its caller is cancelled (`app.tasks.to_the_end`): the connection goes back to the pool whole
-    # instead of being closed, as a cancelled query's connection often is. A statement takes
-    # milliseconds; its caller does not wait for it.
+    # instead of being closed, as a cancelled query's connection often is. Only the statement is
+    # shielded, once it has its connection: a caller that leaves while waiting for one leaves the
+    # pool's queue, so a dry pool does not fill with statements nobody waits for.
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self._conn is not None:
             cur = await self._conn.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
-        return await to_the_end(self._pooled_execute(sql, params))
 
-    async def _pooled_execute(self, sql: str, params: Sequence[Any]) -> int:
-        async with self.pool.connection() as conn:
+        async def run(conn: Any) -> int:
             cur = await conn.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
+
+        return await self._pooled(run)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         if self._conn is not None:
             cur = await self._conn.execute(self._sql(sql), tuple(params))
             return [dict(r) for r in await cur.fetchall()]
-        return await to_the_end(self._pooled_fetchall(sql, params))
 
-    async def _pooled_fetchall(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn:
+        async def run(conn: Any) -> list[dict[str, Any]]:
             cur = await conn.execute(self._sql(sql), tuple(params))
             return [dict(r) for r in await cur.fetchall()]
+
+        return await self._pooled(run)
+
+    async def _pooled(self, statement: Callable[[Any], Awaitable[_T]]) -> _T:
+        """`statement` on a connection of the pool, as `pool.connection()` runs it (the connection
+        goes back when it is done) — but the statement and the return are one task of their own."""
+        conn = await self.pool.getconn()  # (no await between this and the task: see to_the_end)
+
+        async def on_conn() -> _T:
+            try:
+                async with conn:
+                    return await statement(conn)
+            finally:
+                await self.pool.putconn(conn)
+
+        return await to_the_end(on_conn())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresBackend]:

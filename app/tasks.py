@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("mkt.server")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -45,5 +47,7 @@ async def to_the_end(coro: Coroutine[Any, Any, T]) -> T:
 
 def _forget(task: asyncio.Task[Any]) -> None:
     _unowned.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: nobody waits for it, and asyncio would log it
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # nobody waits for it: say what failed (an unretrieved exception would be logged by
+        # asyncio at garbage collection, with no context)
+        log.warning("a statement whose caller had left failed: %s: %s", type(exc).__name__, exc)

@@ -2,7 +2,8 @@
 
 - a statement whose caller is cancelled (a client left an SSE stream mid-read) runs to its end
   and gives its connection back whole: no connection is closed and reopened for it, even under
-  anyio's cancel scopes, which cancel again at every await;
+  anyio's cancel scopes, which cancel again at every await; a caller that leaves while still
+  waiting for a connection runs nothing;
 - the checkpointer's calls no longer wait for each other: one held by a row lock does not stop
   another thread's read (the stock `AsyncPostgresSaver` runs one call at a time per process)."""
 
@@ -48,6 +49,32 @@ async def test_a_cancelled_statement_gives_its_connection_back_whole(pool: Any) 
     assert after.get("returns_bad", 0) == before.get("returns_bad", 0), after
     assert after.get("connections_num", 0) == before.get("connections_num", 0), after
     assert (await db._b.fetchall("SELECT 1 AS one")) == [{"one": 1}]
+
+
+async def test_a_caller_that_leaves_while_waiting_for_a_connection_leaves_the_queue(
+    pg_dsn: str,
+) -> None:
+    """Only the statement itself is shielded: callers cancelled while the pool had no connection
+    for them run nothing later (a dry pool does not fill with statements nobody waits for)."""
+    pool = make_pool(pg_dsn, 1)
+    await pool.open(wait=True)
+    try:
+        db = postgres_db(pool)
+        await db._b.execute("CREATE TABLE left_queue (n INTEGER)")
+        async with pool.connection():  # the only connection is taken
+            waiting = [
+                asyncio.create_task(db._b.execute("INSERT INTO left_queue VALUES (?)", (i,)))
+                for i in range(20)
+            ]
+            await asyncio.sleep(0.1)
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+        async with asyncio.timeout(2):  # served at once: nothing queued ahead of it
+            rows = await db._b.fetchall("SELECT count(*) AS n FROM left_queue")
+        assert rows == [{"n": 0}]
+    finally:
+        await pool.close()
 
 
 async def test_checkpointer_calls_do_not_wait_for_each_other(pool: Any, pg_dsn: str) -> None:
