@@ -506,6 +506,9 @@ class AppDB:
                 "WITH due AS MATERIALIZED (SELECT id FROM outbox WHERE status = 'scheduled'"
                 " AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT ?)"
                 " UPDATE outbox SET status = 'publishing' WHERE id IN (SELECT id FROM due)"
+                # a row another claim took meanwhile is skipped: Postgres checks this again on
+                # the row's new version once that claim commits
+                " AND status = 'scheduled'"
                 f" RETURNING {_OUTBOX_COLS}",
                 (iso(now), limit),
             )

@@ -251,6 +251,34 @@ async def test_the_publisher_claims_at_most_its_limit_of_due_posts(pg: tuple[App
     assert sorted(r["id"] for r in publishing) == sorted(r["id"] for r in claimed)
 
 
+async def test_two_publishers_claiming_at_once_never_get_the_same_post(
+    pg: tuple[AppDB, Any], pg_dsn: str
+) -> None:
+    """Both claims wait on the same locked rows; the one that goes second must skip what the
+    first took (each post is claimed once, so published once)."""
+    db, _ = pg
+    for i in range(3):
+        await db.enqueue(
+            thread_id="t",
+            artifact_id=f"a{i}",
+            version=1,
+            platform="x",
+            kind="post",
+            title="",
+            body=f"post {i}",
+            scheduled_at=utcnow(),
+        )
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as locker:
+        async with locker.transaction():
+            await locker.execute("SELECT id FROM outbox FOR UPDATE")  # both claims will wait
+            first = asyncio.create_task(db.claim_due(utcnow(), limit=5))
+            second = asyncio.create_task(db.claim_due(utcnow(), limit=5))
+            await asyncio.sleep(0.3)
+        claims = await asyncio.gather(first, second)
+    ids = [r["id"] for claim in claims for r in claim]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3, claims
+
+
 async def test_appended_events_reach_a_live_reader_in_the_notification_without_a_read(
     pg: tuple[AppDB, Any], pg_dsn: str
 ) -> None:
