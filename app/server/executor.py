@@ -489,6 +489,11 @@ class Executor:
                 thread_status = thread_status_of(before)
                 usage = _recorded_usage(base, before.values or {})
                 return thread_status.replace("idle", "success"), usage, thread_status
+            # ... or had stopped at one of its breakpoints, which LangGraph would not stop at
+            # again when continuing: it ends there, as it did before the process went away
+            if await self._stopped_at_breakpoint(graph, before, kw):
+                usage = _recorded_usage(base, before.values or {})
+                return "interrupted", usage, "interrupted"
         else:
             cmd = kw.get("command")
             payload = (
@@ -567,6 +572,26 @@ class Executor:
             usage,
             thread_status,
         )
+
+    @staticmethod
+    async def _stopped_at_breakpoint(graph: Pregel, head: Any, kw: dict[str, Any]) -> bool:
+        """The run's own last checkpoint `head` is where one of its breakpoints stops it: a node
+        about to run is in `interrupt_before`, or a node whose step made `head` (the nodes next at
+        its parent checkpoint) is in `interrupt_after`. Not for a pending `interrupt()`: that
+        one a continuation raises again."""
+        if head.interrupts:
+            return False
+
+        def hits(names: Any, asked: Any) -> bool:
+            return bool(asked) and (asked == "*" or "*" in asked or bool(set(names) & set(asked)))
+
+        if hits(head.next, kw.get("interrupt_before")):
+            return True
+        made_by_a_step = (head.metadata or {}).get("source") == "loop"  # not input, not update
+        if kw.get("interrupt_after") and made_by_a_step and head.parent_config:
+            parent = await graph.aget_state(head.parent_config)
+            return hits(parent.next, kw.get("interrupt_after"))
+        return False
 
     async def _after_cancel(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str

@@ -691,6 +691,40 @@ async def test_a_later_attempt_records_everything_the_run_added(
         assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
 
 
+@pytest.mark.parametrize(
+    "breakpoint", [{"interrupt_before": ["ask"]}, {"interrupt_after": ["first"]}]
+)
+async def test_a_later_attempt_of_a_run_that_stopped_at_its_breakpoint_stops_there(
+    ask_api: Any, breakpoint: dict[str, Any]
+) -> None:
+    """The process went away after the graph stopped at the run's breakpoint, before the run was
+    recorded: a new attempt finds the run's own checkpoint there. Continuing would run past the
+    breakpoint (LangGraph does not stop twice at one); the run ends at it instead."""
+    client, app = ask_api
+    svc = app.state.services
+    await client.post("/threads", json={"thread_id": "t-bp", "graph_id": "ask"})
+    body = {"assistant_id": "ask", "input": {}, **breakpoint}
+    first = await client.post("/threads/t-bp/runs/wait", json=body)
+    assert first.status_code == 200, first.text
+    run_id = first.headers["content-location"].rsplit("/", 1)[1]
+    assert (await svc.db.get_run(run_id))["status"] == "interrupted"
+    # as if the worker died right after the graph stopped: the run is taken up again
+    await svc.db._b.execute(
+        "UPDATE runs SET status = 'pending', lease_owner = NULL, ended_at = NULL WHERE run_id = ?",
+        (run_id,),
+    )
+    await svc.db.update_thread("t-bp", status="busy")
+    svc.executor.wake()
+    joined = await client.get(f"/threads/t-bp/runs/{run_id}/join")
+    assert joined.status_code == 200, joined.text
+    row = await svc.db.get_run(run_id)
+    assert (row["attempt"], row["status"]) == (2, "interrupted")
+    state = (await client.get("/threads/t-bp/state")).json()
+    assert state["next"] == ["ask"] and state["interrupts"] == []  # `ask` never ran
+    assert sorted(row["usage"]) == ["first"]
+    assert (await client.get("/threads/t-bp")).json()["status"] == "interrupted"
+
+
 RESEARCH_REQUEST = "Research what runners say about carbon-plated trail shoes"
 
 
