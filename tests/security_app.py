@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, FastAPI, Query, Request, Response
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
@@ -93,6 +94,10 @@ def build_app(settings: Settings, db: AppDB | None = None, db_path: Path | None 
             raise sqlite3.OperationalError("database is locked")
         if thread_id == "no-table":
             raise sqlite3.OperationalError("no such table: runs")
+        if thread_id == "shutdown":
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator")
+        if thread_id == "too-big":
+            raise psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum")
         return {"thread_id": thread_id, "assistant_id": body.assistant_id, "by": principal.key_id}
 
     return app

@@ -125,19 +125,37 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # the database cannot answer now: no pooled connection free in time (psycopg_pool.PoolTimeout is
-# one), a lost connection, a restart, SQLite's "database is locked"
+# one), a lost connection, a restart, SQLite's "database is locked" (`retryable` narrows them)
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
     sqlite3.OperationalError,
 )
 RETRY_AFTER_S = 1
+# SQLSTATE classes and codes worth repeating: connection exception, insufficient resources (too
+# many connections), operator intervention (shutdown, cannot connect now, query canceled),
+# transaction rollback (serialization failure, deadlock), lock not available
+_RETRYABLE_CLASSES = ("08", "53", "57", "40")
+_RETRYABLE_CODES = ("55P03",)
+
+
+def retryable(exc: Exception) -> bool:
+    """A database error that repeating the request may well not meet again. Not, for example,
+    a program limit exceeded or a configuration error: those stay 500s."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc)
+    if isinstance(exc, psycopg.OperationalError):
+        state = getattr(exc, "sqlstate", None)
+        # no SQLSTATE: the client's side (a closed connection, a pool timeout)
+        return state is None or state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_CODES
+    return False
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """503 with `Retry-After`: the request may well succeed when repeated; nothing was lost (a
-    write whose transaction did not commit did not happen)."""
-    if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc):
-        return await _unexpected_error(request, exc)  # a missing table, a bad statement: a bug
+    """503 with `Retry-After`: the request may well succeed when repeated. (A write whose
+    transaction did not commit did not happen; one whose connection broke during its commit may
+    have.)"""
+    if not retryable(exc):
+        return await _unexpected_error(request, exc)  # a missing table, a limit: a bug
     ref = uuid.uuid4().hex[:12]
     log.warning(
         "database unavailable (ref %s) on %s %s: %s: %s",

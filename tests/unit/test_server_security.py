@@ -115,10 +115,11 @@ async def test_a_database_that_cannot_answer_now_gives_503_with_retry_after(
 ) -> None:
     """No pooled connection free in time, a lost connection, SQLite's lock: the request may
     succeed when repeated, so 503 + Retry-After (the SDK's clients and proxies know it), not 500.
-    A database error that is a bug (a missing table) stays a 500."""
+    A database error that repeating would not cure (a missing table, a program limit) stays a
+    500."""
     async with client_for(make_settings(tmp_path), db) as client:
         with caplog.at_level(logging.WARNING):
-            for thread in ("pool-dry", "locked"):
+            for thread in ("pool-dry", "locked", "shutdown"):
                 busy = await client.post(f"/threads/{thread}/runs", json=RUN)
                 assert busy.status_code == 503, busy.text
                 assert busy.headers["retry-after"] == "1"
@@ -126,8 +127,9 @@ async def test_a_database_that_cannot_answer_now_gives_503_with_retry_after(
                 assert detail.startswith("the database is busy or unreachable (")
                 assert "DB_POOL_MAX_SIZE" in detail
         assert "PoolTimeout" in caplog.text  # the log names what happened
-        bug = await client.post("/threads/no-table/runs", json=RUN)
-        assert bug.status_code == 500 and bug.json()["detail"].startswith("internal error")
+        for thread in ("no-table", "too-big"):  # repeating would not help
+            bug = await client.post(f"/threads/{thread}/runs", json=RUN)
+            assert bug.status_code == 500 and bug.json()["detail"].startswith("internal error")
 
 
 # ---------------------------------------------------------------------------------------------
