@@ -159,6 +159,8 @@ def create_app(
                     _say(f"resuming {executor.recovered} run(s) left by a stopped server")
                 if freeze_heap:  # no full-heap GC pauses from here on
                     freeze_startup_heap()
+                    if not n_workers:  # runs execute here: what the first one loads too
+                        executor.after_first_run = freeze_startup_heap
                 try:
                     yield
                 finally:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -181,6 +182,9 @@ class Executor:
         self.events = EventLog(self.db, self.signals, self.owner)
         self.accepting = False
         self.recovered = 0  # runs of stopped processes requeued at start
+        # called once, when the first run this executor started has ended (`app.server.heap`:
+        # what the first run loaded for good is frozen too)
+        self.after_first_run: Callable[[], object] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reasons: dict[str, str] = {}
         self._cancel_notices: dict[str, float] = {}  # cancels heard for runs not (yet) here
@@ -437,6 +441,9 @@ class Executor:
             metrics.run_finished(status, time.monotonic() - started)
             self.signals.wrote(run_id)
             self.wake()  # the thread's next queued run, if any
+            hook, self.after_first_run = self.after_first_run, None
+            if hook is not None:
+                hook()
 
     async def _context(self, graph: Pregel, run: dict[str, Any]) -> Any:
         kw = run["kwargs"]

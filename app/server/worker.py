@@ -143,6 +143,7 @@ async def run_worker(
                 f"{info.describe()} · storage {runner.storage.description}{scrape}{resumed}"
             )
             freeze_startup_heap()  # no full-heap GC pauses from here on (app.server.heap)
+            executor.after_first_run = freeze_startup_heap  # and what the first run loads
             watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
             await stop.wait()
             if watcher is not None:

@@ -1007,5 +1007,15 @@ async def test_a_served_app_exempts_its_startup_heap_from_garbage_collection(
         async with served.router.lifespan_context(served):
             frozen = gc.get_freeze_count()
             assert frozen > 100_000  # modules, graphs, schemas
+            # runs execute in this process (SQLite): once the first has ended, what it loaded
+            # for good (modules imported on first use, caches) is frozen too, once
+            transport = httpx.ASGITransport(app=served)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                body = {"assistant_id": "supervisor", "input": {"messages": ["Write a blog post"]}}
+                for _ in range(2):
+                    done = await client.post("/runs/wait", json=body)
+                    assert done.status_code == 200, done.text
+                    assert served.state.services.executor.after_first_run is None
+            assert gc.get_freeze_count() != frozen
     finally:
         gc.unfreeze()
