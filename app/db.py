@@ -326,7 +326,9 @@ class _PostgresBackend:
     async def _pooled(self, statement: Callable[[Any], Awaitable[_T]]) -> _T:
         """`statement` on a connection of the pool, as `pool.connection()` runs it (the connection
         goes back when it is done) — but the statement and the return are one task of their own."""
-        conn = await self.pool.getconn()  # (no await between this and the task: see to_the_end)
+        # a cancellation lands only at an await: none comes between taking the connection and
+        # handing it to the task, which returns it whatever happens
+        conn = await self.pool.getconn()
 
         async def on_conn() -> _T:
             try:

@@ -515,9 +515,8 @@ class Executor:
             record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
-        stream_config: RunnableConfig = {**config}
-        if at_fork is not None and payload is not None:
-            stream_config = at_fork
+        # a fork's first step starts from its checkpoint; a continuation from the head
+        stream_config = at_fork if at_fork is not None and payload is not None else config
         if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
             await self.events.append(
                 run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
