@@ -79,13 +79,20 @@ class Runner:
     def config(thread_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
 
-    async def view(self, thread_id: str, graph: Any = None) -> ThreadView:
+    async def view(
+        self, thread_id: str, graph: Any = None, checkpoint_id: str | None = None
+    ) -> ThreadView:
         """The thread as the supervisor (or `graph`, a served graph on the same checkpointer)
-        sees it."""
-        snap = await (graph or self.graph).aget_state(self.config(thread_id))
+        sees it, at its head or at `checkpoint_id` (not found there: `checkpoint_id` "")."""
+        config = self.config(thread_id)
+        if checkpoint_id:
+            config["configurable"]["checkpoint_id"] = checkpoint_id
+        snap = await (graph or self.graph).aget_state(config)
         checkpoint_id = str(
             ((snap.config or {}).get("configurable") or {}).get("checkpoint_id") or ""
         )
+        if snap.created_at is None:  # no checkpoint read
+            checkpoint_id = ""
         if not snap.values and not snap.next:
             return ThreadView(thread_id, exists=False, status="new", checkpoint_id=checkpoint_id)
         interrupts = [{"id": i.id, "value": i.value} for i in snap.interrupts]

@@ -126,10 +126,22 @@ class RunOutcome:
     (`interrupt_before/after`), which may have stopped it at the end with nothing left to run:
     then only a read can tell."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         self.values: dict[str, Any] | None = None
         self.interrupted = False
         self.breakpoint = False
+        # the thread's usage before the run (`start_usage`), once known: what a run that fails
+        # or is cancelled added is measured from it too
+        self.base: dict[str, Any] | None = None
+
+    def usage_in(self, snapshot: Any) -> dict[str, Any]:
+        """What the run added to the usage of the state `snapshot`: {} where that checkpoint is
+        not the run's own (it stopped before it saved one; a fork's head is another branch) or
+        its base is not known yet."""
+        if self.base is None or (snapshot.metadata or {}).get("run_id") != self.run_id:
+            return {}
+        return _recorded_usage(self.base, snapshot.values or {})
 
     def see(self, mode: str, chunk: Any) -> None:
         if not isinstance(chunk, dict):
@@ -388,6 +400,7 @@ class Executor:
         usage: dict[str, Any] = {}
         graph = self.registry.graph(run["graph_id"])
         config = run_config(run)
+        outcome = RunOutcome(run_id)
         try:
             async with keep_lease(
                 self.db,
@@ -401,13 +414,13 @@ class Executor:
                     raise RunGaveUpError(
                         f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
                     )
-                status, usage, thread_status = await self._run_graph(run, graph, config)
+                status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
                 me.uncancel()
             reason = self._reasons.get(run_id, "interrupt")
-            status = await self._after_cancel(run, graph, config, reason)
+            status = await self._after_cancel(run, graph, config, reason, outcome)
         except LeaseLostError:  # taken over while writing events: the new owner carries on
             status = "released"
         except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
@@ -419,8 +432,11 @@ class Executor:
                 await self.events.append(
                     run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
                 )
+                # what its finished steps spent (and saved) before it failed
+                if outcome.base is not None:
+                    usage = outcome.usage_in(await graph.aget_state(config))
                 await self.db.finish_run(
-                    run_id, "error", {}, error, owner=self.owner, thread_status="error"
+                    run_id, "error", usage, error, owner=self.owner, thread_status="error"
                 )
             except LeaseLostError:
                 status = "released"
@@ -454,9 +470,10 @@ class Executor:
         return kw.get("context") or None
 
     async def _run_graph(
-        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig
+        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, outcome: RunOutcome
     ) -> tuple[str, dict[str, Any], str]:
-        """Stream the run into the event log; returns (run status, usage, thread status)."""
+        """Stream the run into the event log (what it says about the state: `outcome`);
+        returns (run status, usage, thread status)."""
         run_id, kw = run["run_id"], run["kwargs"]
         ctx = await self._context(graph, run)
         # the claim marked the run started (a first attempt with the checkpoint it starts from).
@@ -481,26 +498,29 @@ class Executor:
                 base = _usage_of(before)
                 if run["attempt"] == 1:  # a later attempt finds this run's own writes at the head
                     await self.db.set_run_fields(run_id, kwargs={**kw, "usage_base": base})
+        outcome.base = base
         payload: Any
-        record_before = False
+        record_before = continuing = False
         if (
             before is not None
             and run["attempt"] > 1
             and (before.metadata or {}).get("run_id") == run_id
         ):
-            payload = None  # this run already checkpointed: continue from there
+            payload, continuing = None, True  # this run already checkpointed: go on from there
             # ... and had finished: only the bookkeeping was lost. (`next` alone is not enough:
             # it leaves out tasks whose writes were saved; a process killed after a superstep's
             # tasks all wrote, before its next checkpoint, has `next` empty and more to do)
             if not before.tasks:
                 thread_status = thread_status_of(before)
-                usage = _recorded_usage(base, before.values or {})
-                return thread_status.replace("idle", "success"), usage, thread_status
+                return (
+                    thread_status.replace("idle", "success"),
+                    outcome.usage_in(before),
+                    thread_status,
+                )
             # ... or had stopped at one of its breakpoints, which LangGraph would not stop at
             # again when continuing: it ends there, as it did before the process went away
             if await self._stopped_at_breakpoint(graph, before, kw):
-                usage = _recorded_usage(base, before.values or {})
-                return "interrupted", usage, "interrupted"
+                return "interrupted", outcome.usage_in(before), "interrupted"
         else:
             cmd = kw.get("command")
             payload = (
@@ -515,8 +535,9 @@ class Executor:
             record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
-        # a fork's first step starts from its checkpoint; a continuation from the head
-        stream_config = at_fork if at_fork is not None and payload is not None else config
+        # a fork starts from its checkpoint (with input, a new branch from there; without, it
+        # replays what was next there), a continuation of this run from the head
+        stream_config = at_fork if at_fork is not None and not continuing else config
         if run["attempt"] > 1:  # attempt 1's metadata event was stored when the run was created
             await self.events.append(
                 run_id, [("metadata", {"run_id": run_id, "attempt": run["attempt"]})]
@@ -528,7 +549,6 @@ class Executor:
             modes.add("messages")
         # interrupts surface through updates; the root's last values are the state after the run
         modes.update(("updates", "values"))
-        outcome = RunOutcome()
         astream: Any = graph.astream  # options come from the validated request body
         stream = astream(
             payload,
@@ -600,17 +620,24 @@ class Executor:
         return False
 
     async def _after_cancel(
-        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, reason: str
+        self,
+        run: dict[str, Any],
+        graph: Pregel,
+        config: RunnableConfig,
+        reason: str,
+        outcome: RunOutcome,
     ) -> str:
         """Bookkeeping once a run's task was cancelled; returns the status for metrics."""
         run_id, thread_id = run["run_id"], run["thread_id"]
         await settle_checkpointer(self.registry.checkpointer)
         if reason == "lost":  # another worker owns it now
             return "released"
-        if reason == "shutdown":
+        if reason == "shutdown":  # the next attempt records the usage of the whole run
             await self.db.requeue_run(run_id, self.owner)
             return "released"
         if reason == "rollback":  # as if the run never happened: its checkpoints go
+            if outcome.base is not None:  # ... but what it spent is counted (/metrics)
+                outcome.usage_in(await graph.aget_state(config))
             await self.db.delete_run_checkpoints(thread_id, run_id)
         snapshot = await graph.aget_state(config)
         others = [r for r in await self.db.active_runs(thread_id) if r["run_id"] != run_id]
@@ -624,7 +651,7 @@ class Executor:
             await self.db.finish_run(
                 run_id,
                 "interrupted",
-                {},
+                outcome.usage_in(snapshot),  # what its finished steps spent and saved
                 "cancelled",
                 owner=self.owner,
                 thread_status=status,

@@ -141,16 +141,20 @@ async def create_run(
     create_thread = stateless
     thread_id = thread_id or str(uuid.uuid4())
     row: dict[str, Any] | None = None
+    # a run from an older checkpoint than the thread's head: it is checked against that one
+    fork = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if stateless:  # a new id: nothing to read
         view = ThreadView(thread_id, exists=False, status="new")
     else:  # both reads at once (the view is not used unless the thread is the caller's)
         row, view = await asyncio.gather(
-            db.get_thread(thread_id, principal.tenant), svc.runner.view(thread_id, graph)
+            db.get_thread(thread_id, principal.tenant), svc.runner.view(thread_id, graph, fork)
         )
     if not create_thread and row is None:
         if body.if_not_exists != "create":
             raise not_found("thread", thread_id)
         create_thread = True
+    if fork and view.checkpoint_id != fork:
+        raise HTTPException(404, f"checkpoint {fork!r} not found on thread {thread_id!r}")
 
     ctx: MarketingContext | None = None
     if getattr(graph, "context_schema", None) is MarketingContext:
@@ -173,8 +177,6 @@ async def create_run(
             422, "input: required (the thread has no state yet, so there is nothing to continue)"
         )
 
-    # a run from an older checkpoint than the thread's head
-    fork = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     kwargs: dict[str, Any] = {
         "input": body.input,
         "command": body.command.model_dump(exclude_unset=True) if body.command else None,

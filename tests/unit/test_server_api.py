@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.server import metrics
 from app.server.app import create_app
 from app.server.auth import Principal, current_principal
 from app.server.registry import DEFAULT_CONFIG, Registry, assistant_id_for, read_graph_specs
@@ -567,6 +568,40 @@ async def test_a_fork_records_the_usage_it_added(ask_api: Any) -> None:
     }, usage
 
 
+async def test_a_run_from_an_earlier_checkpoint_is_checked_against_that_checkpoint(
+    ask_api: Any,
+) -> None:
+    """`checkpoint_id` names where the run starts, so that is what a resume answers: an approval
+    pending at an earlier checkpoint can be answered there (Studio's fork) though the head waits
+    for none, and a checkpoint the thread does not have is a 404."""
+    client, _ = ask_api
+    await client.post("/threads", json={"thread_id": "t-fr", "graph_id": "ask"})
+    await client.post("/threads/t-fr/runs/wait", json={"assistant_id": "ask", "input": {}})
+    asked = (await client.get("/threads/t-fr/state")).json()
+    assert asked["interrupts"], asked
+    start = (await client.get("/threads/t-fr/history")).json()[-1]["checkpoint"]
+    # another branch from the start, stopped by a breakpoint before `ask`: no approval pending
+    branch = {"assistant_id": "ask", "input": {}, "interrupt_before": ["ask"]}
+    branch["checkpoint_id"] = start["checkpoint_id"]
+    assert (await client.post("/threads/t-fr/runs/wait", json=branch)).status_code == 200
+    head = (await client.get("/threads/t-fr/state")).json()
+    assert head["next"] == ["ask"] and not head["interrupts"], head
+    resume: dict[str, Any] = {"assistant_id": "ask", "command": {"resume": "an answer"}}
+    at_head = await client.post("/threads/t-fr/runs/wait", json=resume)
+    assert at_head.status_code == 409, at_head.text  # nothing waits at the head
+    at_ask = {**resume, "checkpoint_id": asked["checkpoint"]["checkpoint_id"]}
+    answered = await client.post("/threads/t-fr/runs/wait", json=at_ask)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["answer"] == "an answer", answered.text
+    unknown = {"assistant_id": "ask", "input": {}}
+    unknown["checkpoint_id"] = "1f0000aa-0000-6000-8000-000000000000"
+    for path in ("/threads/t-fr/runs", "/runs/wait"):
+        missing = await client.post(path, json=unknown)
+        assert missing.status_code == 404, missing.text
+        assert "checkpoint" in missing.json()["detail"], missing.text
+    assert len((await client.get("/threads/t-fr/runs")).json()) == 3  # nothing more was queued
+
+
 async def test_interrupt_after_the_last_node_leaves_a_finished_thread_idle(ask_api: Any) -> None:
     """`interrupt_after` the node that ends the graph raises its GraphInterrupt after the last
     step (an `__interrupt__` update), but nothing is left to run: `next` is empty, there is no
@@ -689,6 +724,136 @@ async def test_a_later_attempt_records_everything_the_run_added(
         row = await finished(client, app, third)  # a fork's later attempt: from its checkpoint
         assert (row["attempt"], row["status"]) == (2, "interrupted")
         assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
+
+
+async def test_a_cancelled_run_records_what_its_finished_steps_added(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled part-way keeps what it checkpointed (`action=interrupt`) and records what
+    that added, as a finished run would; a rolled-back run is deleted with its checkpoints, but
+    the tokens it spent were spent: /metrics counts both."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    metrics.reset()  # (a graph name of its own: a module imported by another test is cached)
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_c", source) as (client, app):
+        for thread_id, action in (("t-ci", "interrupt"), ("t-cr", "rollback")):
+            await client.post("/threads", json={"thread_id": thread_id, "graph_id": "held_c"})
+            body = {"assistant_id": "held_c", "input": {}}
+            run_id = (await client.post(f"/threads/{thread_id}/runs", json=body)).json()["run_id"]
+            await wait_for_usage(client, thread_id, "first")
+            cancel = await client.post(
+                f"/threads/{thread_id}/runs/{run_id}/cancel",
+                params={"action": action, "wait": True},
+            )
+            assert cancel.status_code == 204, cancel.text
+            row = await app.state.services.db.get_run(run_id)
+            if action == "interrupt":
+                assert row is not None and row["status"] == "interrupted"
+                assert sorted(row["usage"]) == ["first"], row["usage"]
+                assert row["usage"]["first"]["input_tokens"] == 10
+            else:
+                assert row is None
+    lines = metrics.render()[0].decode().splitlines()
+    assert 'mkt_tokens_total{agent="first",direction="input"} 20.0' in lines
+    assert not any('agent="slow"' in line for line in lines)
+
+
+FAILING_GRAPH = (
+    USAGE_GRAPH_HEAD
+    + """
+import os
+
+FAIL = __FAIL__
+
+
+def first(state):
+    return {"usage": used("first")}
+
+
+def boom(state):
+    if os.path.exists(FAIL):
+        raise RuntimeError("boom failed")
+    return {"usage": used("boom")}
+
+
+builder.add_node("first", first)
+builder.add_node("boom", boom)
+builder.add_edge(START, "first")
+builder.add_edge("first", "boom")
+builder.add_edge("boom", END)
+graph = builder.compile()
+"""
+)
+
+
+def used(calls: int) -> dict[str, Any]:
+    """The usage of `calls` calls of a node of the graphs above."""
+    return {
+        "calls": calls,
+        "input_tokens": 10 * calls,
+        "output_tokens": 5 * calls,
+        "cost_usd": 0.0,
+        "models": ["scripted"],
+    }
+
+
+async def test_a_failed_run_records_what_its_finished_steps_added(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fails part-way records (and /metrics counts) what its finished steps added to
+    the thread. A run from an earlier checkpoint without input (`checkpoint_id`, `input: null`:
+    Studio's re-run from here) replays from there; when it fails in its first step it saved
+    nothing (the head it leaves is the other branch's, whose usage is not the fork's)."""
+    fail = tmp_path / "fail"
+    source = FAILING_GRAPH.replace("__FAIL__", repr(str(fail)))
+    metrics.reset()
+    async with serving_graph(settings, tmp_path, monkeypatch, "failing", source) as (client, app):
+        db = app.state.services.db
+        await client.post("/threads", json={"thread_id": "t-e", "graph_id": "failing"})
+        body: dict[str, Any] = {"assistant_id": "failing", "input": {}}
+        fail.touch()
+        failed = (await client.post("/threads/t-e/runs/wait", json=body)).json()
+        assert "boom failed" in failed["__error__"]["message"], failed
+        (run,) = (await client.get("/threads/t-e/runs")).json()
+        row = await db.get_run(run["run_id"])
+        assert row["status"] == "error" and sorted(row["usage"]) == ["first"], row
+        assert (await client.get("/threads/t-e")).json()["status"] == "error"
+
+        fail.unlink()  # a run that goes through: first=2, boom=1 at the head
+        await client.post("/threads/t-e/runs/wait", json=body)
+        history = (await client.get("/threads/t-e/history")).json()
+        # where the failed run stopped (the second run's step there saved boom's output)
+        at_boom = [h for h in history if h["next"] == ["boom"]][-1]
+        fail.touch()
+        fork = {
+            "assistant_id": "failing",
+            "input": None,
+            "checkpoint_id": at_boom["checkpoint"]["checkpoint_id"],
+        }
+        await client.post("/threads/t-e/runs/wait", json=fork)
+        latest = (await client.get("/threads/t-e/runs")).json()[0]
+        row = await db.get_run(latest["run_id"])
+        assert row["status"] == "error" and row["usage"] == {}, row
+
+        fail.unlink()  # replayed from there once more, boom goes through: a branch of its own
+        replayed = (await client.post("/threads/t-e/runs/wait", json=fork)).json()
+        assert replayed["usage"] == {"first": used(1), "boom": used(1)}, replayed
+        latest = (await client.get("/threads/t-e/runs")).json()[0]
+        row = await db.get_run(latest["run_id"])
+        assert row["status"] == "success" and row["usage"] == {"boom": used(1)}, row
+        parent = {
+            h["checkpoint"]["checkpoint_id"]: (h["parent_checkpoint"] or {}).get("checkpoint_id")
+            for h in (await client.get("/threads/t-e/history")).json()
+        }
+        branch = [(await client.get("/threads/t-e/state")).json()["checkpoint"]["checkpoint_id"]]
+        while parent.get(branch[-1]):
+            branch.append(parent[branch[-1]])
+        assert fork["checkpoint_id"] in branch  # the head grew from the replayed checkpoint
+    lines = metrics.render()[0].decode().splitlines()
+    assert 'mkt_tokens_total{agent="first",direction="input"} 20.0' in lines
+    assert 'mkt_tokens_total{agent="boom",direction="input"} 20.0' in lines
 
 
 @pytest.mark.parametrize(
