@@ -22,9 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.constants import TAG_HIDDEN
@@ -32,23 +33,39 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command
 
 from app.db import DB_ERRORS, LeaseLostError, utcnow
+from app.errors import AppError
 from app.leases import is_stale, keep_lease, lease_until, new_owner
+from app.redact import redact
 from app.runner import RECURSION_LIMIT, Runner, _usage_delta, parse_context
 from app.server import metrics
 from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
+from app.server.security import retryable
+from app.server.turns import check_turn
 from app.settings import Settings
 from app.storage import settle_checkpointer
 from graphs.context import MarketingContext
 from tools.knowledge import DEFAULT_TENANT
 
 log = logging.getLogger("mkt.server")
+T = TypeVar("T")
 # a background loop logs these and tries again next round
 _RETRIED: tuple[type[Exception], ...] = (*DB_ERRORS, RuntimeError)
 
 
 class RunGaveUpError(RuntimeError):
     pass
+
+
+class RunRefusedError(RuntimeError):
+    """A queued run that its thread no longer allows when it starts (`app.server.turns`): a
+    new request while an approval waits, a resume with nothing to resume. It ends `error` with
+    the reason, and the thread keeps its status."""
+
+    def __init__(self, reason: AppError, thread_status: str) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.thread_status = thread_status
 
 
 def thread_status_of(snapshot: Any) -> str:
@@ -199,6 +216,7 @@ class Executor:
         self.after_first_run: Callable[[], object] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reasons: dict[str, str] = {}
+        self._ending: set[str] = set()  # runs whose graph has stopped: their end is being recorded
         self._cancel_notices: dict[str, float] = {}  # cancels heard for runs not (yet) here
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -293,7 +311,10 @@ class Executor:
         now = utcnow()
         requeued = 0
         for run in await self.db.running_runs():
-            if run["lease_owner"] == self.owner or not is_stale(run, now):
+            if not is_stale(run, now):
+                continue
+            # this process's own: only one it no longer executes (its end could not be recorded)
+            if run["lease_owner"] == self.owner and run["run_id"] in self._tasks:
                 continue
             if await self.db.requeue_run(run["run_id"], run["lease_owner"]):
                 requeued += 1
@@ -369,7 +390,7 @@ class Executor:
     def _stop(self, run_id: str, reason: str) -> None:
         """Cancel the local task of `run_id` once; the first reason decides the bookkeeping."""
         task = self._tasks.get(run_id)
-        if task is None or task.done() or run_id in self._reasons:
+        if task is None or task.done() or run_id in self._reasons or run_id in self._ending:
             return
         self._reasons[run_id] = reason
         task.cancel()
@@ -396,11 +417,9 @@ class Executor:
         run_id = run["run_id"]
         started = time.monotonic()
         metrics.run_started()
-        status, error = "error", None
-        usage: dict[str, Any] = {}
+        status = "error"
         graph = self.registry.graph(run["graph_id"])
         config = run_config(run)
-        outcome = RunOutcome(run_id)
         try:
             async with keep_lease(
                 self.db,
@@ -410,49 +429,22 @@ class Executor:
                 lambda action: self._stop(run_id, action),
                 lambda: self._stop(run_id, "lost"),
             ):
-                if run["attempt"] > self.settings.run_max_attempts:
-                    raise RunGaveUpError(
-                        f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
-                    )
-                status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
-                me.uncancel()
-            reason = self._reasons.get(run_id, "interrupt")
-            status = await self._after_cancel(run, graph, config, reason, outcome)
+                status = await self._run_to_its_end(run, graph, config, RunOutcome(run_id))
         except LeaseLostError:  # taken over while writing events: the new owner carries on
             status = "released"
-        except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
-            # and handoff Commands inside the graph; what reaches here failed the run. It is
-            # recorded on the run, streamed as `event: error`, and the worker lives on.
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            log.warning("run %s failed: %s", run_id, error)
-            try:
-                await self.events.append(
-                    run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
-                )
-                # what its finished steps spent (and saved) before it failed
-                if outcome.base is not None:
-                    usage = outcome.usage_in(await graph.aget_state(config))
-                await self.db.finish_run(
-                    run_id, "error", usage, error, owner=self.owner, thread_status="error"
-                )
-            except LeaseLostError:
-                status = "released"
-        else:
-            await self.db.finish_run(
+        except DB_ERRORS as exc:  # its end could not be recorded, retries included
+            status = "released"
+            log.error(
+                "run %s: recording its end failed (%s: %s); it is taken up again when its lease"
+                " expires",
                 run_id,
-                status,
-                usage,
-                None,
-                owner=self.owner,
-                thread_status=thread_status,
-                end_event=True,
+                type(exc).__name__,
+                redact(str(exc)),
             )
         finally:
             self._tasks.pop(run_id, None)
             self._reasons.pop(run_id, None)
+            self._ending.discard(run_id)
             # "released": handed back to the queue (lease lost, shutdown); another attempt follows
             metrics.run_finished(status, time.monotonic() - started)
             self.signals.wrote(run_id)
@@ -460,6 +452,115 @@ class Executor:
             hook, self.after_first_run = self.after_first_run, None
             if hook is not None:
                 hook()
+
+    async def _run_to_its_end(
+        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, outcome: RunOutcome
+    ) -> str:
+        """Run the graph, then record how the run ended; returns the status (for metrics). Once
+        the graph has stopped, its end is recorded whatever comes: a cancel is too late then
+        (`_stop` leaves an ending run alone), and a database that is briefly locked or
+        unreachable is waited for (`_recorded`)."""
+        run_id = run["run_id"]
+        try:
+            if run["attempt"] > self.settings.run_max_attempts:
+                raise RunGaveUpError(
+                    f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
+                )
+            status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
+                me.uncancel()
+            self._ending.add(run_id)
+            reason = self._reasons.get(run_id, "interrupt")
+            return await self._recorded(
+                run_id, lambda: self._after_cancel(run, graph, config, reason, outcome)
+            )
+        except LeaseLostError:  # taken over while writing events: the new owner carries on
+            return "released"
+        except RunRefusedError as exc:  # queued behind a run that changed the thread
+            self._ending.add(run_id)
+            await self._recorded(run_id, partial(self._record_refusal, run_id, exc))
+            return "error"
+        except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
+            # and handoff Commands inside the graph; what reaches here failed the run. It is
+            # recorded on the run, streamed as `event: error`, and the worker lives on.
+            self._ending.add(run_id)
+            log.warning("run %s failed: %s", run_id, redact(f"{type(exc).__name__}: {exc}"))
+            await self._recorded(
+                run_id, partial(self._record_failure, run, graph, config, outcome, exc)
+            )
+            return "error"
+        self._ending.add(run_id)  # the graph has stopped: a cancel from here on is too late
+        await self._recorded(
+            run_id,
+            lambda: self.db.finish_run(
+                run_id,
+                status,
+                usage,
+                None,
+                owner=self.owner,
+                thread_status=thread_status,
+                end_event=True,
+            ),
+        )
+        return status
+
+    async def _record_failure(
+        self,
+        run: dict[str, Any],
+        graph: Pregel,
+        config: RunnableConfig,
+        outcome: RunOutcome,
+        exc: Exception,
+    ) -> None:
+        """`event: error`, and the run ends `error` with what its finished steps spent and saved
+        before it failed (the message without secrets: `app.redact`)."""
+        run_id = run["run_id"]
+        message = redact(str(exc))[:2000]
+        await self.events.append(
+            run_id, [("error", {"error": type(exc).__name__, "message": message})]
+        )
+        usage = outcome.usage_in(await graph.aget_state(config)) if outcome.base is not None else {}
+        error = f"{type(exc).__name__}: {message}"[:2000]
+        await self.db.finish_run(
+            run_id, "error", usage, error, owner=self.owner, thread_status="error"
+        )
+
+    async def _record_refusal(self, run_id: str, exc: RunRefusedError) -> None:
+        """A refused run ends `error` with the reason; the thread stays as it is."""
+        name = type(exc.reason).__name__
+        await self.events.append(run_id, [("error", {"error": name, "message": str(exc)})])
+        await self.db.finish_run(
+            run_id,
+            "error",
+            {},
+            f"{name}: {exc}",
+            owner=self.owner,
+            thread_status=exc.thread_status,
+        )
+
+    async def _recorded(self, run_id: str, make: Callable[[], Awaitable[T]]) -> T:
+        """`make()` (the bookkeeping of a run's end), made again while the database is briefly
+        unavailable (locked, restarting, unreachable), for up to a lease; after that the error
+        stands and the run is left to the sweep, which hands it to a next attempt once its lease
+        has expired (that attempt finds the run's checkpoints and records its end)."""
+        deadline = time.monotonic() + self.settings.run_lease_s
+        delay = 0.05
+        while True:
+            try:
+                return await make()
+            except DB_ERRORS as exc:
+                if not retryable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "run %s: recording its end failed (%s: %s); trying again",
+                    run_id,
+                    type(exc).__name__,
+                    redact(str(exc)),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _context(self, graph: Pregel, run: dict[str, Any]) -> Any:
         kw = run["kwargs"]
@@ -533,6 +634,13 @@ class Executor:
                 else kw.get("input")
             )
             record_before = run.get("before_checkpoint_id") is None  # no attempt recorded it
+        checked = kw.get("checked_at")
+        if (
+            run["attempt"] == 1
+            and checked is not None
+            and run.get("before_checkpoint_id") not in (None, checked)
+        ):  # queued behind a run that moved the thread: is the run still what it allows?
+            await self._check_turn_again(run, graph, ctx)
         if record_before:  # the claim marked it busy; record where it starts
             await self.db.mark_run_started(run_id, run["thread_id"], run["graph_id"])
         # a fork starts from its checkpoint (with input, a new branch from there; without, it
@@ -598,6 +706,18 @@ class Executor:
             usage,
             thread_status,
         )
+
+    async def _check_turn_again(self, run: dict[str, Any], graph: Pregel, ctx: Any) -> None:
+        """The checks of the run's creation (`app.server.turns.check_turn`) on the thread as it
+        is now; raises `RunRefusedError`."""
+        kw = run["kwargs"]
+        view = await self.runner.view(run["thread_id"], graph)
+        try:
+            marketing = ctx if isinstance(ctx, MarketingContext) else None
+            check_turn(view, kw.get("input"), kw.get("command"), marketing)
+        except AppError as exc:
+            status = "interrupted" if view.status in ("interrupted", "unfinished") else "idle"
+            raise RunRefusedError(exc, status) from exc
 
     @staticmethod
     async def _stopped_at_breakpoint(graph: Pregel, head: Any, kw: dict[str, Any]) -> bool:

@@ -12,7 +12,6 @@ from fastapi import Depends, HTTPException, Request
 from langgraph.pregel import Pregel
 
 from app.db import AppDB, ThreadBusyError
-from app.errors import NotInterruptedError
 from app.runner import Runner, ThreadView
 from app.server.auth import Principal
 from app.server.events import StoredEvent
@@ -20,6 +19,7 @@ from app.server.executor import Executor
 from app.server.registry import Registry
 from app.server.schemas import RunCreate
 from app.server.serde import dumps, jsonable
+from app.server.turns import check_turn
 from app.settings import Settings
 from graphs.context import MarketingContext
 
@@ -80,31 +80,6 @@ def graph_of(svc: Services, thread: dict[str, Any]) -> Pregel:
     return svc.registry.graph(graph_id if graph_id in svc.registry.graphs else "supervisor")
 
 
-def request_text(value: Any) -> str | None:
-    """The newest human message's text in a `{"messages": [...]}` input (None when the input
-    carries no messages)."""
-    if not isinstance(value, dict) or "messages" not in value:
-        return None
-    messages = value["messages"]
-    if isinstance(messages, dict | str):
-        messages = [messages]
-    if not isinstance(messages, list):
-        raise HTTPException(422, "input.messages must be a list of messages")
-    for msg in reversed(messages):
-        if isinstance(msg, str):
-            return msg
-        if isinstance(msg, dict) and (
-            msg.get("role") in ("user", "human") or msg.get("type") == "human"
-        ):
-            content = msg.get("content")
-            if isinstance(content, list):
-                return " ".join(
-                    str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
-                )
-            return "" if content is None else str(content)
-    return None
-
-
 def created_from(
     view: ThreadView, row: dict[str, Any] | None, fork: str | None
 ) -> dict[str, Any] | None:
@@ -153,6 +128,9 @@ async def create_run(
         if body.if_not_exists != "create":
             raise not_found("thread", thread_id)
         create_thread = True
+        # a new thread for the caller (another tenant's state, if the id is taken, is not
+        # theirs to be checked against: the creation below answers 409)
+        view = ThreadView(thread_id, exists=False, status="new")
     if fork and view.checkpoint_id != fork:
         raise HTTPException(404, f"checkpoint {fork!r} not found on thread {thread_id!r}")
 
@@ -160,26 +138,16 @@ async def create_run(
     if getattr(graph, "context_schema", None) is MarketingContext:
         saved = row["context"] if row else {}
         ctx = await svc.runner.context_for(thread_id, body.context, saved)  # 422 names the field
-    if body.command is not None and "resume" in body.command.model_fields_set:
-        if not view.exists:
-            raise NotInterruptedError(thread_id)
-        if ctx is not None:
-            svc.runner.check_resume(view, body.command.resume, ctx)
-        elif view.status != "interrupted":
-            raise NotInterruptedError(thread_id)
-    elif body.input is not None:
-        text = request_text(body.input)
-        if text is not None:
-            svc.runner.check_request_text(text)
-            svc.runner.check_new_turn(view)
-    elif body.command is None and not view.exists:
+    command = body.command.model_dump(exclude_unset=True) if body.command else None
+    check_turn(view, body.input, command, ctx)  # and again if it waits behind another run
+    if body.input is None and body.command is None and not view.exists:
         raise HTTPException(
             422, "input: required (the thread has no state yet, so there is nothing to continue)"
         )
 
     kwargs: dict[str, Any] = {
         "input": body.input,
-        "command": body.command.model_dump(exclude_unset=True) if body.command else None,
+        "command": command,
         "stream_mode": body.modes(),
         "stream_subgraphs": body.stream_subgraphs,
         "config": body.config.model_dump(exclude_none=True) if body.config else None,
@@ -198,11 +166,16 @@ async def create_run(
         if stateless:
             metadata["stateless"] = True
             metadata["on_completion"] = on_completion
-        _, created = await db.create_thread(
+        existing, created = await db.create_thread(
             thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
         )
-        if not created:
+        # not created: taken, unless by the caller's own request a moment ago (`if_not_exists`
+        # racing on one new id): the run then joins that thread like any other
+        if not created and (stateless or existing.get("tenant") != principal.tenant):
             raise HTTPException(409, f"thread id {thread_id!r} is taken: choose another")
+    # the checkpoint the run was checked against; a queued run that starts at another one is
+    # checked again (`app.server.turns`). A fork starts where it says, whatever the head
+    kwargs["checked_at"] = None if fork else view.checkpoint_id
     run_id = str(uuid.uuid4())
     first_event = ("metadata", dumps({"run_id": run_id, "attempt": 1}))
     try:

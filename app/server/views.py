@@ -89,6 +89,7 @@ _INTERNAL_KWARGS = (
     "resolved_context",
     "created_from",
     "usage_base",
+    "checked_at",
 )  # the server's own, not the client's
 
 

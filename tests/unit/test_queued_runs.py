@@ -1,0 +1,259 @@
+"""Runs that wait in the queue, and the end of a run: a queued run is checked again when it
+starts on a thread another run changed; a run's end is recorded though a cancel arrives or the
+database is briefly locked as it is recorded, and a run whose end could not be recorded is taken
+up again; run creation on a new id races itself, or names another tenant's thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.settings import Settings
+from tests.helpers import PUBLISH_REQUEST
+from tests.unit.test_server_api import ASK_GRAPH, api, as_principal, serving_graph  # noqa: F401
+
+
+@contextmanager
+def claims_held(app: Any) -> Iterator[None]:
+    """No run is claimed inside the block (they queue up); claiming resumes after it."""
+    executor = app.state.services.executor
+    real = executor.claim
+
+    async def nothing() -> None:
+        return None
+
+    executor.claim = nothing
+    try:
+        yield
+    finally:
+        executor.claim = real
+        executor.wake()
+
+
+async def ended(client: Any, thread_id: str, run_id: str) -> dict[str, Any]:
+    joined = await client.get(f"/threads/{thread_id}/runs/{run_id}/join")
+    assert joined.status_code == 200, joined.text
+    result: dict[str, Any] = joined.json()
+    return result
+
+
+async def test_a_queued_resume_is_checked_again_when_it_starts(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two answers queued for one approval: when the second starts, the first has answered it
+    and nothing waits. The second ends `error` saying so (as it would have been a 409 had it
+    come after), the first answer stands, and the thread is idle."""
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        await client.post("/threads", json={"thread_id": "t-2r", "graph_id": "ask"})
+        await client.post("/threads/t-2r/runs/wait", json={"assistant_id": "ask", "input": {}})
+        body: dict[str, Any] = {"assistant_id": "ask", "command": {"resume": "yes"}}
+        with claims_held(app):
+            first = await client.post("/threads/t-2r/runs", json=body)
+            second = await client.post(
+                "/threads/t-2r/runs", json={**body, "command": {"resume": "no"}}
+            )
+            assert first.status_code == second.status_code == 200, second.text
+        assert (await ended(client, "t-2r", first.json()["run_id"]))["answer"] == "yes"
+        refused = await ended(client, "t-2r", second.json()["run_id"])
+        assert refused["__error__"]["error"] == "NotInterruptedError", refused
+        assert "not waiting for an approval" in refused["__error__"]["message"]
+        run = (await client.get(f"/threads/t-2r/runs/{second.json()['run_id']}")).json()
+        assert run["status"] == "error"
+        assert (await client.get("/threads/t-2r/state")).json()["values"]["answer"] == "yes"
+        assert (await client.get("/threads/t-2r")).json()["status"] == "idle"
+
+
+async def test_a_queued_request_does_not_skip_an_approval_the_run_before_it_asked_for(
+    api: Any,  # noqa: F811
+) -> None:
+    """A second request queued behind one that stops for a publish approval would discard the
+    approval if it ran. It ends `error` (a new request on a thread waiting for approval), the
+    approval still waits, and the thread is interrupted."""
+    client, app = api
+    await client.post("/threads", json={"thread_id": "t-q"})
+
+    def turn(text: str) -> dict[str, Any]:
+        return {
+            "assistant_id": "supervisor",
+            "input": {"messages": [{"role": "user", "content": text}]},
+        }
+
+    with claims_held(app):
+        first = await client.post("/threads/t-q/runs", json=turn(PUBLISH_REQUEST))
+        second = await client.post("/threads/t-q/runs", json=turn("Write a blog post about shoes"))
+        assert first.status_code == second.status_code == 200, second.text
+    assert "__interrupt__" in await ended(client, "t-q", first.json()["run_id"])
+    refused = await ended(client, "t-q", second.json()["run_id"])
+    assert refused["__error__"]["error"] == "PendingApprovalError", refused
+    state = (await client.get("/threads/t-q/state")).json()
+    assert state["interrupts"], "the approval was discarded"
+    assert (await client.get("/threads/t-q")).json()["status"] == "interrupted"
+    # answered, the thread goes on as if the refused run had never been sent
+    done = await client.post(
+        "/threads/t-q/runs/wait",
+        json={"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}},
+    )
+    assert done.status_code == 200 and "__error__" not in done.json(), done.text
+
+
+async def test_a_runs_end_is_recorded_though_a_cancel_arrives_as_it_is_recorded(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph has stopped and the run's end is being written when a cancel arrives: it is too
+    late to cancel anything, so the end is recorded (it used to be abandoned, the run `running`
+    and its thread `busy` for good, the next run queued behind it forever)."""
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        db = app.state.services.db
+        real_finish = db.finish_run
+        writing = asyncio.Event()
+
+        async def slow_finish(*args: Any, **kw: Any) -> Any:
+            writing.set()
+            await asyncio.sleep(0.2)  # a slow disk, a busy database: any await will do
+            return await real_finish(*args, **kw)
+
+        monkeypatch.setattr(db, "finish_run", slow_finish)
+        await client.post("/threads", json={"thread_id": "t-c", "graph_id": "ask"})
+        body = {"assistant_id": "ask", "input": {}}
+        run = (await client.post("/threads/t-c/runs", json=body)).json()
+        await asyncio.wait_for(writing.wait(), 10)
+        assert (await client.post(f"/threads/t-c/runs/{run['run_id']}/cancel")).status_code == 202
+        monkeypatch.setattr(db, "finish_run", real_finish)
+        await ended(client, "t-c", run["run_id"])
+        row = await db.get_run(run["run_id"])
+        assert row["status"] == "interrupted" and row["error"] is None, row  # stopped at `ask`
+        assert (await client.get("/threads/t-c")).json()["status"] == "interrupted"
+        resume = {"assistant_id": "ask", "command": {"resume": "yes"}}
+        nxt = await client.post("/threads/t-c/runs/wait", json=resume)
+        assert nxt.json()["answer"] == "yes", nxt.text
+
+
+async def test_a_runs_end_is_recorded_when_the_database_is_locked_for_a_moment(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording the end meets SQLite's 'database is locked' (or a Postgres restart) once: it is
+    written again a moment later."""
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        db = app.state.services.db
+        real_finish = db.finish_run
+        calls: list[str] = []
+
+        async def locked_once(*args: Any, **kw: Any) -> Any:
+            calls.append(args[0])
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return await real_finish(*args, **kw)
+
+        monkeypatch.setattr(db, "finish_run", locked_once)
+        await client.post("/threads", json={"thread_id": "t-l", "graph_id": "ask"})
+        run = (
+            await client.post("/threads/t-l/runs", json={"assistant_id": "ask", "input": {}})
+        ).json()
+        await ended(client, "t-l", run["run_id"])
+        assert calls == [run["run_id"], run["run_id"]]
+        assert (await db.get_run(run["run_id"]))["status"] == "interrupted"
+        assert (await client.get("/threads/t-l")).json()["status"] == "interrupted"
+
+
+async def test_a_run_whose_end_could_not_be_recorded_is_taken_up_again(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database stays unavailable for longer than a lease while the end is recorded: the
+    process gives up on it, and its own sweep hands the run to a next attempt once the lease
+    has expired (it used to skip runs of its own process for good). The next attempt finds
+    the run's checkpoints and records the end."""
+    quick = settings.model_copy(update={"run_lease_s": 0.6, "run_sweep_interval_s": 0.1})
+    async with serving_graph(quick, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        db = app.state.services.db
+        real_finish = db.finish_run
+        failing = True
+
+        async def unavailable(*args: Any, **kw: Any) -> Any:
+            if failing:
+                raise sqlite3.OperationalError("database is locked")
+            return await real_finish(*args, **kw)
+
+        monkeypatch.setattr(db, "finish_run", unavailable)
+        await client.post("/threads", json={"thread_id": "t-u", "graph_id": "ask"})
+        run = (
+            await client.post("/threads/t-u/runs", json={"assistant_id": "ask", "input": {}})
+        ).json()
+        executor = app.state.services.executor
+        for _ in range(300):  # the first attempt gives up
+            if executor.active == 0 and (await db.get_run(run["run_id"]))["attempt"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        failing = False
+        await ended(client, "t-u", run["run_id"])
+        row = await db.get_run(run["run_id"])
+        assert (row["status"], row["attempt"]) == ("interrupted", 2), row
+        assert (await client.get("/threads/t-u")).json()["status"] == "interrupted"
+
+
+async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:  # noqa: F811
+    """`if_not_exists: create` twice at once on one new id, by one caller: one creates the
+    thread, the other's run joins it (queued), instead of a 409 'taken' for the caller's own
+    thread."""
+    client, _ = api
+    body = {
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": "Write a blog post about shoes"}]},
+        "if_not_exists": "create",
+    }
+    a, b = await asyncio.gather(
+        client.post("/threads/t-new/runs", json=body), client.post("/threads/t-new/runs", json=body)
+    )
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    for r in (a, b):
+        assert "__error__" not in await ended(client, "t-new", r.json()["run_id"])
+    assert len((await client.get("/threads/t-new/runs")).json()) == 2
+
+
+async def test_another_tenants_thread_id_is_never_checked_against_its_state(
+    api: Any,  # noqa: F811
+) -> None:
+    """`if_not_exists: create` on an id another tenant holds: the caller has no such thread, so
+    its request is never checked against the other tenant's state (a pending approval, the
+    shape of its answer) — it is refused as a taken id, the same whatever that thread holds."""
+    client, app = api
+    as_principal(app, "acme", "editor")
+    await client.post("/threads", json={"thread_id": "t-acme"})
+    asked = await client.post(
+        "/threads/t-acme/runs/wait",
+        json={
+            "assistant_id": "supervisor",
+            "input": {"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
+        },
+    )
+    assert "__interrupt__" in asked.json()
+    await client.post("/threads", json={"thread_id": "t-acme-idle"})
+    as_principal(app, "globex", "editor")
+    bodies = {
+        "request": {"input": {"messages": [{"role": "user", "content": "Write a blog post"}]}},
+        "answer": {"command": {"resume": {"type": "edit"}}},  # an answer that fits no approval
+    }
+    answers: dict[tuple[str, str], tuple[int, str]] = {}
+    for thread_id in ("t-acme", "t-acme-idle", "t-nobody"):
+        for kind, body in bodies.items():
+            r = await client.post(
+                f"/threads/{thread_id}/runs",
+                json={"assistant_id": "supervisor", "if_not_exists": "create", **body},
+            )
+            answers[kind, thread_id] = (r.status_code, r.text.replace(thread_id, "ID"))
+    taken = (409, '{"detail":"thread id \'ID\' is taken: choose another"}')
+    assert answers["request", "t-acme"] == answers["request", "t-acme-idle"] == taken, answers
+    # nothing to answer: as on an id nobody holds, whatever waits on the other tenant's thread
+    assert answers["answer", "t-acme"][0] == 409, answers
+    assert (
+        answers["answer", "t-acme"]
+        == answers["answer", "t-acme-idle"]
+        == answers["answer", "t-nobody"]
+    ), answers
+    chat = await client.post("/chat", json={"message": "Write a blog post", "thread_id": "t-acme"})
+    assert chat.status_code == 409 and "taken" in chat.json()["detail"], chat.text
