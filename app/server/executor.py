@@ -33,6 +33,7 @@ from langgraph.types import Command
 
 from app.db import DB_ERRORS, LeaseLostError, utcnow
 from app.leases import is_stale, keep_lease, lease_until, new_owner
+from app.redact import is_sensitive_key, redact
 from app.runner import RECURSION_LIMIT, Runner, _usage_delta, parse_context
 from app.server import metrics
 from app.server.events import EventBatcher, EventLog, RunSignals
@@ -58,8 +59,10 @@ def thread_status_of(snapshot: Any) -> str:
 def run_config(run: dict[str, Any]) -> RunnableConfig:
     kw = run["kwargs"]
     user = kw.get("config") or {}
-    configurable = {
-        k: v for k, v in (user.get("configurable") or {}).items() if not str(k).startswith("__")
+    configurable = {  # no credentials: LangGraph copies configurable keys into checkpoints
+        k: v
+        for k, v in (user.get("configurable") or {}).items()
+        if not str(k).startswith("__") and not is_sensitive_key(str(k))
     }
     configurable["thread_id"] = run["thread_id"]
     # the knowledge base reads and writes only this tenant's points (`tools.knowledge.tenant_of`):
@@ -426,11 +429,12 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
             # and handoff Commands inside the graph; what reaches here failed the run. It is
             # recorded on the run, streamed as `event: error`, and the worker lives on.
-            error = f"{type(exc).__name__}: {exc}"[:2000]
+            error = redact(f"{type(exc).__name__}: {exc}")[:2000]
             log.warning("run %s failed: %s", run_id, error)
             try:
                 await self.events.append(
-                    run_id, [("error", {"error": type(exc).__name__, "message": str(exc)[:2000]})]
+                    run_id,
+                    [("error", {"error": type(exc).__name__, "message": redact(str(exc))[:2000]})],
                 )
                 # what its finished steps spent (and saved) before it failed
                 if outcome.base is not None:

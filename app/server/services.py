@@ -13,6 +13,7 @@ from langgraph.pregel import Pregel
 
 from app.db import AppDB, ThreadBusyError
 from app.errors import NotInterruptedError
+from app.redact import redact_obj
 from app.runner import Runner, ThreadView
 from app.server.auth import Principal
 from app.server.events import StoredEvent
@@ -182,7 +183,9 @@ async def create_run(
         "command": body.command.model_dump(exclude_unset=True) if body.command else None,
         "stream_mode": body.modes(),
         "stream_subgraphs": body.stream_subgraphs,
-        "config": body.config.model_dump(exclude_none=True) if body.config else None,
+        # credentials a client put in its config are masked: the run record and the checkpoints
+        # (LangGraph copies configurable keys into their metadata) never hold them
+        "config": redact_obj(body.config.model_dump(exclude_none=True)) if body.config else None,
         "context": body.context,
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
@@ -215,7 +218,7 @@ async def create_run(
             else svc.registry.assistant(graph_id)["assistant_id"],
             graph_id=graph_id,
             kwargs=kwargs,
-            metadata=body.metadata or {},
+            metadata=redact_obj(body.metadata or {}),
             multitask_strategy=body.multitask_strategy,
             # the first event (the SDK learns the run id from it) is stored with the run, before
             # any worker can start it: the run's events have one writer at a time, in id order
