@@ -96,8 +96,8 @@ def check_role(role: str) -> Role:
 def check_tenant(tenant: str) -> str:
     if not _TENANT.fullmatch(tenant):
         raise InvalidKeyFieldError(
-            f"invalid tenant {tenant!r}: use 1-64 characters, lowercase letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
+            "invalid tenant: use 1-64 characters, lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return tenant
 

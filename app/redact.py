@@ -91,6 +91,12 @@ def redact(text: str) -> str:
     return text
 
 
+def is_sensitive_key(key: str) -> bool:
+    """A key whose value is a credential whatever it looks like (`authorization`, `api_key`,
+    `openai_api_key`, `password`, ...): `redact_obj` masks such values whole."""
+    return bool(_SENSITIVE_KEYS.match(key))
+
+
 def redact_obj(value: Any) -> Any:
     """A copy of JSON-like data with credentials masked (strings redacted; values under
     credential-named keys replaced whole)."""

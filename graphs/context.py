@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.settings import check_agent_names
-from tools.platforms import get_rules, known_platforms
+from tools.platforms import UnknownPlatformError, get_rules, known_platforms
 
 
 class MarketingContext(BaseModel):
@@ -47,8 +47,10 @@ class MarketingContext(BaseModel):
     def _known_platforms(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one platform is required")
-        # get_rules raises UnknownPlatformError (a ValueError) naming the known platforms
-        return list(dict.fromkeys(get_rules(p).name for p in value))
+        try:
+            return list(dict.fromkeys(get_rules(p).name for p in value))
+        except UnknownPlatformError as exc:  # the rejected value is not echoed (may be a secret)
+            raise ValueError(f"unknown platform; known platforms: {', '.join(exc.known)}") from None
 
     @field_validator("model_overrides")
     @classmethod
@@ -63,7 +65,7 @@ class MarketingContext(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+            raise ValueError("unknown time zone (use an IANA name such as 'Europe/Paris')") from exc
         return value
 
 

@@ -96,6 +96,8 @@ def build_app(settings: Settings, db: AppDB | None = None, db_path: Path | None 
             raise sqlite3.OperationalError("no such table: runs")
         if thread_id == "shutdown":
             raise psycopg.errors.AdminShutdown("terminating connection due to administrator")
+        if thread_id == "nul-text":  # what psycopg raises for a NUL in a text parameter
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
         if thread_id == "too-big":
             raise psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum")
         return {"thread_id": thread_id, "assistant_id": body.assistant_id, "by": principal.key_id}

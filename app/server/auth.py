@@ -136,6 +136,10 @@ class KeyAuthenticator:
             return self._keys[digest]
         return await self._shared("key:" + digest, lambda: self._verify(token, digest))
 
+    def cached(self, token: str) -> bool:
+        """Whether `lookup(token)` would answer without a database read."""
+        return apikeys.hash_token(token) in self._keys
+
     async def _verify(self, token: str, digest: str) -> ApiKey | None:
         generation = self._generation
         key = await apikeys.verify_token(self.db, token)
@@ -193,6 +197,15 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "local"
 
 
+def _too_many_failures(wait: int) -> HTTPException:
+    metrics.rate_limited()
+    return HTTPException(
+        429,
+        f"too many requests with invalid API keys from this address; retry in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 async def _refuse(request: Request, reason: str, message: str) -> HTTPException:
     """401 — or 429 when this client has failed too often (key guessing)."""
     metrics.auth_failed(reason)
@@ -200,13 +213,21 @@ async def _refuse(request: Request, reason: str, message: str) -> HTTPException:
     if limiter is not None and reason in ("unknown", "revoked"):
         wait = await limiter.check_auth_failure(_client(request))
         if wait is not None:
-            metrics.rate_limited()
-            return HTTPException(
-                429,
-                f"too many requests with invalid API keys from this address; retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
+            return _too_many_failures(wait)
     return HTTPException(401, message, headers=_AUTH_HEADERS)
+
+
+async def _throttled(request: Request, auth: KeyAuthenticator, token: str) -> HTTPException | None:
+    """429 before the lookup when this client's failure budget is spent and the key is not in
+    the cache: a throttled client's guesses cost no database read (a cached key costs none)."""
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None or not limiter.auth_failure_limits or auth.cached(token):
+        return None
+    wait = await limiter.auth_failures_exhausted(_client(request))
+    if wait is None:
+        return None
+    metrics.auth_failed("throttled")
+    return _too_many_failures(wait)
 
 
 async def current_principal(request: Request) -> Principal:
@@ -234,6 +255,9 @@ async def current_principal(request: Request) -> Principal:
                 "missing API key: send it as the x-api-key header or as "
                 f"'Authorization: Bearer <key>' (an admin creates keys with `{CREATE_KEY_HINT}`)",
             )
+        throttled = await _throttled(request, auth, token)
+        if throttled is not None:
+            raise throttled
         key = await auth.lookup(token)
         if key is None:
             raise await _refuse(

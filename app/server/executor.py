@@ -35,7 +35,7 @@ from langgraph.types import Command
 from app.db import DB_ERRORS, LeaseLostError, utcnow
 from app.errors import AppError
 from app.leases import is_stale, keep_lease, lease_until, new_owner
-from app.redact import redact
+from app.redact import is_sensitive_key, redact
 from app.runner import RECURSION_LIMIT, Runner, _usage_delta, parse_context
 from app.server import metrics
 from app.server.events import EventBatcher, EventLog, RunSignals
@@ -75,8 +75,10 @@ def thread_status_of(snapshot: Any) -> str:
 def run_config(run: dict[str, Any]) -> RunnableConfig:
     kw = run["kwargs"]
     user = kw.get("config") or {}
-    configurable = {
-        k: v for k, v in (user.get("configurable") or {}).items() if not str(k).startswith("__")
+    configurable = {  # no credentials: LangGraph copies configurable keys into checkpoints
+        k: v
+        for k, v in (user.get("configurable") or {}).items()
+        if not str(k).startswith("__") and not is_sensitive_key(str(k))
     }
     configurable["thread_id"] = run["thread_id"]
     # the knowledge base reads and writes only this tenant's points (`tools.knowledge.tenant_of`):

@@ -28,7 +28,7 @@ A standalone `mkt worker` elsewhere serves its own series (`mkt worker --metrics
 | `mkt_tokens_total` | counter | `agent`, `direction` (input, output) |
 | `mkt_cost_usd_total` | counter | `agent` |
 | `mkt_rate_limited_total` | counter | |
-| `mkt_auth_failures_total` | counter | `reason` (missing, unknown, revoked, no_keys) |
+| `mkt_auth_failures_total` | counter | `reason` (missing, unknown, revoked, no_keys, throttled: refused with 429 before the key is looked up) |
 """
 
 from __future__ import annotations

@@ -55,6 +55,22 @@ class RateLimiter:
         """Count one failed authentication from `client`; None when allowed, else seconds to wait."""
         return await self._hit(self.auth_failure_limits, "authfail", client)
 
+    async def auth_failures_exhausted(self, client: str) -> int | None:
+        """Without counting anything: None while `client` may fail to authenticate again, else
+        seconds to wait (checked before a presented key is looked up, so a throttled client's
+        guesses cost no database read)."""
+        wait: int | None = None
+        for item in self.auth_failure_limits:
+            try:
+                if await self._strategy.test(item, "authfail", client):
+                    continue
+                stats = await self._strategy.get_window_stats(item, "authfail", client)
+            except StorageError as exc:
+                self._warn(exc)
+                return None
+            wait = max(wait or 0, max(1, math.ceil(stats.reset_time - time.time())))
+        return wait
+
     async def _hit(self, items: list[RateLimitItem], namespace: str, identity: str) -> int | None:
         wait: int | None = None
         for item in items:

@@ -5,9 +5,9 @@ only at their neutral value, with an error saying so otherwise."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 StreamModeName = Literal[
     "values",
@@ -23,6 +23,8 @@ StreamModeName = Literal[
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 RunStatus = Literal["pending", "running", "error", "success", "timeout", "interrupted"]
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+# past any real listing and within a database integer (a larger one was an overflow, a 500)
+MAX_OFFSET = 1_000_000_000
 THREAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -32,6 +34,16 @@ def check_thread_id(value: str) -> str:
             "a thread id is 1-128 characters: letters, digits, '.', '_', ':' or '-' (a UUID works)"
         )
     return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("an id cannot contain a NUL character")
+    return value
+
+
+# an id looked up in the database as text (Postgres refuses a NUL character in text)
+Ident = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Body(BaseModel):
@@ -51,11 +63,13 @@ class ConfigBody(BaseModel):
     configurable: dict[str, Any] | None = None
 
 
-class CheckpointBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    checkpoint_id: str | None = None
-    checkpoint_ns: str | None = ""
-    thread_id: str | None = None
+class CheckpointBody(Body):
+    """A checkpoint as the SDK names one. Other keys are refused: they would reach LangGraph's
+    config (`__pregel_checkpointer` and the like)."""
+
+    checkpoint_id: Ident | None = None
+    checkpoint_ns: Ident | None = ""
+    thread_id: Ident | None = None
     checkpoint_map: dict[str, Any] | None = None
 
 
@@ -70,7 +84,7 @@ class RunCreate(Body):
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointBody | None = None
-    checkpoint_id: str | None = None
+    checkpoint_id: Ident | None = None
     interrupt_before: Literal["*"] | list[str] | None = None
     interrupt_after: Literal["*"] | list[str] | None = None
     multitask_strategy: MultitaskStrategy = "enqueue"
@@ -143,10 +157,10 @@ class ThreadPatch(Body):
 class ThreadSearch(Body):
     metadata: dict[str, Any] | None = None
     values: dict[str, Any] | None = None
-    ids: list[str] | None = None
+    ids: list[Ident] | None = None
     status: ThreadStatus | None = None
     limit: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
@@ -171,7 +185,7 @@ class StateUpdate(Body):
     values: dict[str, Any] | list[Any] | None = None
     as_node: str | None = None
     checkpoint: CheckpointBody | None = None
-    checkpoint_id: str | None = None
+    checkpoint_id: Ident | None = None
 
 
 class StateAtCheckpoint(Body):
@@ -180,12 +194,25 @@ class StateAtCheckpoint(Body):
     select: list[str] | None = None
 
 
+HISTORY_FILTER_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
 class HistoryQuery(Body):
     limit: int = Field(10, ge=1, le=1000)
-    before: str | CheckpointBody | None = None
+    before: Ident | CheckpointBody | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointBody | None = None
     select: list[str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _filter_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # what the SQLite checkpointer can filter on (it refuses other keys); the same on Postgres
+        if value and not all(HISTORY_FILTER_KEY_RE.match(key) for key in value):
+            raise ValueError(
+                "a metadata filter key is 1-200 characters: letters, digits, '_', '.' or '-'"
+            )
+        return value
 
 
 class AssistantSearch(Body):
@@ -193,7 +220,7 @@ class AssistantSearch(Body):
     graph_id: str | None = None
     name: str | None = None
     limit: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
     sort_by: str | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None

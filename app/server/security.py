@@ -9,19 +9,26 @@ and the middleware below (do not also pass `max_body_size` to `FastAPI(...)`).
 Errors, whatever raised them, leave as `{"detail": "<message>"}`:
 - `HTTPException(status, detail)` -> that status (headers such as `Retry-After` kept);
 - request validation -> 422 naming each offending field (`body.assistant_id: Field required`);
-  the rejected values are never echoed (they may hold secrets);
+  the rejected values are never echoed (they may hold secrets); a JSON body that is not UTF-8,
+  nests deeper than `MAX_JSON_DEPTH`, holds NaN/Infinity or a lone surrogate -> 422 naming `body`
+  (`JSONBodyCheckMiddleware`), before any route sees it;
+- `psycopg.DataError` (Postgres refused a value of the request, e.g. a NUL in text) -> 422;
 - `app.errors.AppError` subclasses -> their `.status` and message;
 - anything else -> 500 `internal error (ref <id>)`, the traceback only in the (redacted) log.
 
-Middleware, outermost first: CORS -> rate limit -> early body-size check (Content-Length) ->
-Starlette's body limit (counts streamed bodies sent without Content-Length) -> the app. No GZip:
+Middleware, outermost first: CORS -> rate limit -> 404 for a path with a NUL character -> early
+body-size check (Content-Length) -> Starlette's body limit (counts streamed bodies sent without
+Content-Length) -> JSON body check -> the app. No GZip:
 SSE must not be buffered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
+import re
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -36,12 +43,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.db import AppDB
 from app.errors import AppError
 from app.redact import install_log_redaction
 from app.server import metrics
-from app.server.auth import token_from
+from app.server.auth import authenticator, token_from
 from app.server.ratelimit import RateLimiter
 from app.settings import Settings
 
@@ -173,6 +181,25 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
+    """psycopg.DataError: Postgres refused a value of the request (a NUL character in text, a
+    number out of range) — bad input, not a server fault. The routes check what they can first;
+    this is the backstop."""
+    ref = uuid.uuid4().hex[:12]
+    log.warning(
+        "value refused by the database (ref %s) on %s %s: %s",
+        ref,
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+    )
+    return error_response(
+        422,
+        f"request: a value cannot be stored by the database (a NUL character in text, a number "
+        f"out of range; ref {ref})",
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     ref = uuid.uuid4().hex[:12]
     log.error(
@@ -214,11 +241,166 @@ class EarlyBodyLimitMiddleware:
         await self.app(scope, receive, send)
 
 
-def rate_limit_identity(request: Request) -> str:
+# ---------------------------------------------------------------------------------------------
+# JSON bodies
+# ---------------------------------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 64  # nested objects/arrays in a request body (the SDK's bodies use < 10)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# a \uD800-\uDFFF escape; whether it is paired is checked on the parsed text
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:  # NaN, Infinity, -Infinity
+    raise _NotFinite(text)
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
+def json_body_problem(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes a JSON request body unacceptable though Python's parser would take it (or fail
+    on it with a 500-prone error): not UTF-8, nested deeper than `max_depth`, NaN/Infinity or a
+    number out of range, an integer of thousands of digits, a lone UTF-16 surrogate (no database
+    can store it). None when it is fine, and for a syntax error (FastAPI names its position)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"body: not valid UTF-8 (at byte {exc.start}); send JSON encoded as UTF-8"
+    try:
+        value = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except json.JSONDecodeError:
+        return None
+    except RecursionError:
+        value, deep = None, True
+    except _NotFinite:
+        return "body: NaN, Infinity and numbers out of range are not JSON numbers; send a finite number"
+    except ValueError:  # int() of more than sys.get_int_max_str_digits() digits
+        return "body: a number has too many digits"
+    else:
+        deep = text.count("{") + text.count("[") > max_depth and _depth(value) > max_depth
+    if deep:
+        return f"body: nested deeper than {max_depth} levels of objects and arrays"
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return (
+                "body: a string holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape "
+                "without its pair); send valid Unicode text"
+            )
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    content_type = Headers(scope=scope).get("content-type")
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith("application/") and (media.endswith("/json") or media.endswith("+json"))
+
+
+class JSONBodyCheckMiddleware:
+    """422 naming `body` and what is wrong (`json_body_problem`) before a route sees a JSON body,
+    so nothing is stored from it; the body is then handed on unchanged. Sits inside Starlette's
+    body limit, so it never holds more than `API_BODY_LIMIT_BYTES`."""
+
+    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+        self.app = app
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        ended: Message | None = None  # a disconnect while the body was read
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    ended = message
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except StarletteHTTPException as exc:  # Starlette's body limit, counting as we read
+            if exc.status_code != 413:
+                raise
+            await error_response(413, too_large_message(self.max_body_size))(scope, receive, send)
+            return
+        raw = b"".join(chunks)
+        problem = json_body_problem(raw) if raw and ended is None else None
+        if problem is not None:
+            await error_response(422, problem)(scope, receive, send)
+            return
+        first: Message = ended or {"type": "http.request", "body": raw, "more_body": False}
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()  # later: the disconnect a streaming response waits for
+
+        await self.app(scope, replay, send)
+
+
+class NulPathMiddleware:
+    """404 for a path with a NUL character: no id holds one (Postgres text cannot), and the
+    database would refuse the lookup (a 500) instead of finding nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\x00" in scope["path"]:
+            response = error_response(404, "not found: no id contains a NUL character")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _keys_active(request: Request) -> bool:
+    """Whether the server checks keys (not open mode), from the authenticator's cached count
+    (one database read per `API_KEY_CACHE_S`). Unknown (no database yet, or it cannot answer
+    now): assumed active, and the route's own authentication answers."""
+    if not isinstance(getattr(request.app.state, "db", None), AppDB):
+        return True
+    try:
+        return await authenticator(request).active_key_count() > 0
+    except DATABASE_UNAVAILABLE:
+        return True
+
+
+async def rate_limit_identity(request: Request) -> str:
     """Whose budget a request spends: the presented key's hash (so a forged key cannot spend a
-    real key's budget), else the client address."""
+    real key's budget; guesses are throttled per address by the failed-authentication budget),
+    else the client address — also in open mode, where presented keys are ignored, so a client
+    cannot get a fresh budget by sending a new made-up key each time."""
     token = token_from(request)
-    if token:
+    if token and await _keys_active(request):
         return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
     return "ip:" + (request.client.host if request.client else "local")
 
@@ -237,7 +419,7 @@ class RateLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        wait = await self.limiter.check_request(rate_limit_identity(Request(scope)))
+        wait = await self.limiter.check_request(await rate_limit_identity(Request(scope)))
         if wait is not None:
             metrics.rate_limited()
             response = error_response(
@@ -277,6 +459,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(AppError, _app_error)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
+    app.add_exception_handler(psycopg.DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected_error)
 
     limiter = RateLimiter(
@@ -291,8 +474,10 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     # HTTPException(413) that our handler turns into the JSON shape; it sits inside the early
     # check so its own plain-text 413 for a declared length is never used. (Not FastAPI's
     # app-level `max_body_size`: that sits outside user middleware and would replace our 413.)
+    app.add_middleware(JSONBodyCheckMiddleware, max_body_size=settings.api_body_limit_bytes)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.api_body_limit_bytes)
     app.add_middleware(EarlyBodyLimitMiddleware, max_body_size=settings.api_body_limit_bytes)
+    app.add_middleware(NulPathMiddleware)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     if settings.cors_origins:
         app.add_middleware(

@@ -52,7 +52,16 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=to_jsonable, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text that is always valid UTF-8: a lone surrogate (a `"\\ud800"` escape
+    the client sent, a badly decoded byte) is written as its JSON escape instead of making the
+    database driver fail to encode the text."""
+    text = json.dumps(obj, default=to_jsonable, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, default=to_jsonable, separators=(",", ":"))
+    return text
 
 
 def jsonable(obj: Any) -> Any:

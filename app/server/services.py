@@ -12,6 +12,7 @@ from fastapi import Depends, HTTPException, Request
 from langgraph.pregel import Pregel
 
 from app.db import AppDB, ThreadBusyError
+from app.redact import redact_obj
 from app.runner import Runner, ThreadView
 from app.server.auth import Principal
 from app.server.events import StoredEvent
@@ -150,7 +151,9 @@ async def create_run(
         "command": command,
         "stream_mode": body.modes(),
         "stream_subgraphs": body.stream_subgraphs,
-        "config": body.config.model_dump(exclude_none=True) if body.config else None,
+        # credentials a client put in its config are masked: the run record and the checkpoints
+        # (LangGraph copies configurable keys into their metadata) never hold them
+        "config": redact_obj(body.config.model_dump(exclude_none=True)) if body.config else None,
         "context": body.context,
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
@@ -188,7 +191,7 @@ async def create_run(
             else svc.registry.assistant(graph_id)["assistant_id"],
             graph_id=graph_id,
             kwargs=kwargs,
-            metadata=body.metadata or {},
+            metadata=redact_obj(body.metadata or {}),
             multitask_strategy=body.multitask_strategy,
             # the first event (the SDK learns the run id from it) is stored with the run, before
             # any worker can start it: the run's events have one writer at a time, in id order

@@ -6,6 +6,7 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
+from app.redact import redact
 from app.server.serde import jsonable
 
 # the CLI marks a thread whose run stopped mid-way `unfinished`; on the wire that is `idle`
@@ -40,7 +41,7 @@ def state_json(snap: StateSnapshot) -> dict[str, Any]:
                 "id": t.id,
                 "name": t.name,
                 "path": list(t.path),
-                "error": repr(t.error) if t.error else None,
+                "error": redact(repr(t.error)) if t.error else None,
                 "interrupts": [interrupt_json(i) for i in t.interrupts],
                 "checkpoint": (sub.get("configurable") if isinstance(sub, dict) else None),
                 "state": state_json(sub) if isinstance(sub, StateSnapshot) else None,

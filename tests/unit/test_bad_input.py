@@ -32,11 +32,12 @@ async def test_empty_request_is_refused_before_anything_runs(runner: Runner, tex
 
 async def test_unknown_platform_in_context_names_the_known_ones(runner: Runner) -> None:
     with pytest.raises(
-        InvalidContextError, match=r"platforms: .*unknown platform 'tiktok'.*x, linkedin"
-    ):
+        InvalidContextError, match=r"platforms: .*unknown platform.*x, linkedin"
+    ) as err:
         await drain(
             runner.send(None, "Write a post for our TerraRun shoe", {"platforms": ["tiktok"]})
         )
+    assert "tiktok" not in str(err.value)  # the rejected value is not echoed
     with pytest.raises(InvalidContextError, match="brand_colour"):
         await drain(
             runner.send(None, "Write a post for our TerraRun shoe", {"brand_colour": "red"})

@@ -60,7 +60,10 @@ def test_bad_input_exits_2_with_a_message() -> None:
     empty = cli.invoke(app, ["chat", "  "])
     assert empty.exit_code == 2 and "empty" in empty.output
     bad_platform = cli.invoke(app, ["chat", "-p", "myspace", "Write a post for TerraRun"])
-    assert bad_platform.exit_code == 2 and "unknown platform 'myspace'" in bad_platform.output
+    assert (
+        bad_platform.exit_code == 2
+        and "unknown platform; known platforms: x" in bad_platform.output
+    )
     bad_json = cli.invoke(app, ["chat", "--thread", "t", "--resume", "{nope"])
     assert bad_json.exit_code == 2 and "not valid JSON" in bad_json.output
     not_waiting = cli.invoke(

@@ -286,7 +286,8 @@ async def test_key_fields_are_validated(tmp_path: Path, db: AppDB) -> None:
         assert bad_role.status_code == 422 and "body.role" in bad_role.json()["detail"]
         bad_tenant = await client.post("/keys", json={"role": "viewer", "tenant": "Acme Corp"})
         assert bad_tenant.status_code == 422
-        assert "invalid tenant 'Acme Corp'" in bad_tenant.json()["detail"]
+        assert "invalid tenant" in bad_tenant.json()["detail"]
+        assert "Acme Corp" not in bad_tenant.text  # rejected values are not echoed
     assert await apikeys.list_keys(db) == []
 
 

@@ -18,6 +18,8 @@ from app.settings import Settings
 from tests.security_app import build_app
 
 RUN = {"assistant_id": "supervisor"}
+JSON = {"content-type": "application/json"}
+TEXT = {"content-type": "text/plain"}
 STUDIO = "https://smith.langchain.com"
 
 
@@ -167,6 +169,52 @@ async def test_body_over_the_limit_gets_413_with_or_without_content_length(
         assert fits.status_code == 200
 
 
+async def test_json_bodies_are_checked_before_the_route_and_handed_on_unchanged(
+    tmp_path: Path, db: AppDB
+) -> None:
+    """Invalid UTF-8 got FastAPI's generic 400 "There was an error parsing the body"; bodies
+    nested too deep, with NaN or a lone surrogate reached the route. Each is a 422 naming `body`
+    (streamed or not); a valid body reaches the route as sent, streamed or not."""
+    settings = make_settings(tmp_path)
+    deep = b'{"assistant_id": "a", "input": ' + b"[" * 70 + b"]" * 70 + b"}"
+
+    async def streamed(body: bytes) -> AsyncIterator[bytes]:  # no Content-Length
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    async with client_for(settings, db) as client:
+        for body, detail in [
+            (b'{"assistant_id": "\xff"}', "body: not valid UTF-8 (at byte 18)"),
+            (deep, "body: nested deeper than 64 levels of objects and arrays"),
+            (b'{"assistant_id": "a", "input": {"x": NaN}}', "body: NaN, Infinity"),
+            (b'{"assistant_id": "a\\udfff"}', "body: a string holds an unpaired UTF-16"),
+        ]:
+            for content in (body, streamed(body)):
+                r = await client.post("/threads/t1/runs", content=content, headers=JSON)
+                assert r.status_code == 422 and r.json()["detail"].startswith(detail), r.text
+        good = b'{"assistant_id": "caf\\u00e9 \\ud83d\\ude00", "input": {"x": 1.5}}'
+        for content in (good, streamed(good)):
+            r = await client.post("/threads/t1/runs", content=content, headers=JSON)
+            assert r.status_code == 200 and r.json()["assistant_id"] == "caf\u00e9 \U0001f600"
+        # not declared JSON: not checked here (the route refuses what it cannot read)
+        text = await client.post("/threads/t1/runs", content=b"\xff", headers=TEXT)
+        assert text.status_code == 422 and "not valid UTF-8" not in text.text
+
+
+async def test_a_nul_in_a_path_is_404_and_a_value_postgres_refuses_is_422(
+    tmp_path: Path, db: AppDB
+) -> None:
+    """Postgres refuses a NUL character in text (psycopg.DataError): a path id with one was a
+    500 on every route; no id holds one, so it is a 404 before any route. A value Postgres
+    refuses that no route caught is a 422, not a 500."""
+    async with client_for(make_settings(tmp_path), db) as client:
+        for method, path in [("GET", "/threads/a%00b"), ("POST", "/threads/a%00b/runs")]:
+            r = await client.request(method, path, json=RUN)
+            assert r.status_code == 404 and "NUL" in r.json()["detail"], r.text
+        r = await client.post("/threads/nul-text/runs", json=RUN)
+        assert r.status_code == 422 and r.json()["detail"].startswith("request: a value cannot")
+
+
 async def test_content_length_must_be_a_number(tmp_path: Path, db: AppDB) -> None:
     app = build_app(make_settings(tmp_path), db)
     sent: list[dict[str, object]] = []
@@ -242,6 +290,54 @@ async def test_guessing_keys_is_throttled_per_address(tmp_path: Path, db: AppDB)
             _, guess = apikeys.new_token()
             codes.append((await client.get("/threads", headers={"x-api-key": guess})).status_code)
         assert codes == [401, 401, 429]
+
+
+async def test_throttled_key_guesses_cost_no_database_read(
+    tmp_path: Path, db: AppDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an address has spent its failed-authentication budget, a key not in the lookup
+    cache is refused with 429 before it is looked up: each throttled guess cost a read of the
+    api_keys table. A key already in the cache (known good) still works from that address."""
+    _, good = await apikeys.create_key(db, role="viewer", tenant="acme")
+    reads = 0
+    original = db.get_api_key
+
+    async def counting(key_id: str) -> dict[str, object] | None:
+        nonlocal reads
+        reads += 1
+        return await original(key_id)
+
+    monkeypatch.setattr(db, "get_api_key", counting)
+    settings = make_settings(tmp_path, auth_failure_rate_limit="2/minute", api_key_cache_s=60)
+    async with client_for(settings, db) as client:
+        assert (await client.get("/threads", headers={"x-api-key": good})).status_code == 200
+        reads = 0
+        codes = []
+        for _ in range(20):
+            _, guess = apikeys.new_token()  # well-formed, unknown
+            codes.append((await client.get("/threads", headers={"x-api-key": guess})).status_code)
+        assert codes[:2] == [401, 401] and set(codes[2:]) == {429}
+        assert reads == 2  # the two guesses within the budget
+        assert (await client.get("/threads", headers={"x-api-key": good})).status_code == 200
+        _, unknown = apikeys.new_token()
+        throttled = await client.get("/threads", headers={"x-api-key": unknown})
+        assert throttled.status_code == 429 and "retry-after" in throttled.headers
+    assert reads == 2
+
+
+async def test_open_mode_budget_is_the_address_whatever_key_is_sent(
+    tmp_path: Path, db: AppDB
+) -> None:
+    """In open mode presented keys are ignored for auth; each made-up x-api-key value got a
+    fresh request budget, so one client escaped RATE_LIMIT by sending a new one each time."""
+    settings = make_settings(tmp_path, rate_limit="2/minute")
+    async with client_for(settings, db) as client:
+        codes = [
+            (await client.get("/threads", headers={"x-api-key": f"junk-{i}"})).status_code
+            for i in range(4)
+        ]
+        assert codes == [200, 200, 429, 429]
+        assert (await client.get("/threads")).status_code == 429  # the same budget
 
 
 def test_rate_limit_settings_are_checked() -> None:

@@ -61,7 +61,8 @@ def _scope(principal: Principal) -> str | None:
 async def create_key(body: KeyCreate, request: Request, principal: Admin) -> KeyCreated:
     """Create a key. The response is the only place the key itself ever appears."""
     scope = _scope(principal)
-    tenant = body.tenant or principal.tenant
+    # checked first: a rejected name is not echoed (the 403 below names a well-formed one)
+    tenant = apikeys.check_tenant(body.tenant) if body.tenant else principal.tenant
     if scope is not None and tenant != scope:
         raise HTTPException(
             403,

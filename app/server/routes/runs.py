@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from app.server.auth import Principal, require
 from app.server.events import parse_last_event_id
-from app.server.schemas import RunCreate
+from app.server.schemas import MAX_OFFSET, RunCreate
 from app.server.services import Svc, create_run, graph_of, owned_run, owned_thread
 from app.server.streaming import run_headers, stream_run
 from app.server.views import run_json, state_json
@@ -117,7 +117,7 @@ async def list_runs(
     svc: Svc,
     principal: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
     | None = None,
 ) -> list[dict[str, Any]]:

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import InvalidUpdateError
 
 from app.server.auth import Principal, require
+from app.server.executor import thread_status_of
 from app.server.schemas import (
     CheckpointBody,
     HistoryQuery,
@@ -47,9 +49,9 @@ async def create_thread(body: ThreadCreate, svc: Svc, principal: Editor) -> dict
     thread_id = body.thread_id or str(uuid.uuid4())
     metadata = dict(body.metadata or {})
     graph_id = body.graph_id or metadata.get("graph_id") or "supervisor"
-    if graph_id not in svc.registry.graphs:
-        raise HTTPException(
-            422, f"graph_id: unknown graph {graph_id!r}; known: {sorted(svc.registry.graphs)}"
+    if not isinstance(graph_id, str) or graph_id not in svc.registry.graphs:
+        raise HTTPException(  # the rejected id is not echoed (README: Errors)
+            422, f"graph_id: not a graph of this server; known: {sorted(svc.registry.graphs)}"
         )
     row, created = await svc.db.create_thread(
         thread_id, tenant=principal.tenant, metadata=metadata, graph_id=graph_id
@@ -163,27 +165,35 @@ async def update_state(
     checkpoint = body.checkpoint or (
         CheckpointBody(checkpoint_id=body.checkpoint_id) if body.checkpoint_id else None
     )
-    if (
-        body.as_node is not None
-        and body.as_node not in graph.nodes
-        and body.as_node
-        not in (
-            "__start__",
-            "__copy__",
-            "__input__",
-        )
+    if body.as_node is not None and body.as_node not in (
+        *graph.nodes,
+        "__start__",
+        "__copy__",
+        "__input__",
     ):
+        raise HTTPException(  # the rejected name is not echoed (README: Errors)
+            422, f"as_node: not a node of this thread's graph; nodes: {sorted(graph.nodes)}"
+        )
+    config = _config(thread_id, checkpoint)
+    if (
+        checkpoint is not None
+        and checkpoint.checkpoint_id
+        and await svc.registry.checkpointer.aget_tuple(config) is None
+    ):  # else LangGraph would write a head whose parent does not exist
         raise HTTPException(
-            422, f"as_node: unknown node {body.as_node!r}; nodes: {sorted(graph.nodes)}"
+            404, f"checkpoint {checkpoint.checkpoint_id!r} not found on this thread"
         )
     try:
-        config = await graph.aupdate_state(
-            _config(thread_id, checkpoint), body.values, as_node=body.as_node
-        )
-    except (ValueError, KeyError, TypeError) as exc:  # LangGraph's answer to an invalid update
-        raise HTTPException(422, f"values: the update was rejected: {exc}") from exc
+        config = await graph.aupdate_state(config, body.values, as_node=body.as_node)
+    except (ValueError, KeyError, TypeError, InvalidUpdateError) as exc:  # an invalid update
+        raise HTTPException(  # LangGraph's message quotes the values: not echoed
+            422,
+            f"values: the graph rejected the update ({type(exc).__name__}); send an object "
+            "whose keys are fields of the thread's state",
+        ) from exc
     snap = await graph.aget_state(_config(thread_id))
-    await svc.db.update_thread(thread_id, status="interrupted" if snap.interrupts else "idle")
+    # a run that started meanwhile owns the status (busy, then what it ends with)
+    await svc.db.set_idle_thread_status(thread_id, thread_status_of(snap))
     return {"checkpoint": checkpoint_of(config)}
 
 
