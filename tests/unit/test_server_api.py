@@ -760,6 +760,54 @@ async def test_a_cancelled_run_records_what_its_finished_steps_added(
     assert not any('agent="slow"' in line for line in lines)
 
 
+async def test_wait_and_join_stream_their_answer_and_keep_the_connection_alive(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/runs/wait` and `/join` answer with the run's headers (`Location`: its `/join`,
+    `Content-Location`: the run), a newline every `SSE_HEARTBEAT_S` while the run goes on, then
+    the result JSON — the same bytes as before, after the whitespace, which JSON parsers skip.
+    What is known to be wrong before the run exists is still a status code with the JSON error."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    quick = settings.model_copy(update={"sse_heartbeat_s": 0.2})  # at least 1 s is used
+    async with serving_graph(quick, tmp_path, monkeypatch, "held_w", source) as (client, app):
+        await client.post("/threads", json={"thread_id": "t-w", "graph_id": "held_w"})
+        body = {"assistant_id": "held_w", "input": {}}
+        waiting = asyncio.create_task(client.post("/threads/t-w/runs/wait", json=body))
+        await wait_for_usage(client, "t-w", "first")
+        (run,) = (await client.get("/threads/t-w/runs")).json()
+        joining = asyncio.create_task(client.get(f"/threads/t-w/runs/{run['run_id']}/join"))
+        busy = await client.post(
+            "/threads/t-w/runs/wait", json={**body, "multitask_strategy": "reject"}
+        )
+        assert busy.status_code == 409 and "in progress" in busy.json()["detail"]
+        await asyncio.sleep(2.3)  # two keep-alives
+        (hold / "slow").unlink()
+        waited, joined = await waiting, await joining
+        base = f"/threads/t-w/runs/{run['run_id']}"
+        for r in (waited, joined):
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/json"
+            assert (r.headers["location"], r.headers["content-location"]) == (f"{base}/join", base)
+            assert r.content.startswith(b"\n\n") and r.content.strip()[:1] == b"{"
+        result = waited.json()
+        assert "__interrupt__" in result and joined.json() == result
+        assert (
+            waited.content.lstrip()
+            == json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+        )
+        # refused before any run exists: a status code and the JSON error, no stream
+        missing = await client.post("/threads/nope/runs/wait", json=body)
+        assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+        bad = await client.post("/runs/wait", json={**body, "webhook": "http://hook"})
+        assert bad.status_code == 422 and "detail" in bad.json()
+        unknown = await client.get("/threads/t-w/runs/nope/join")
+        assert unknown.status_code == 404 and "detail" in unknown.json()
+        assert app.state.services.executor.active == 0
+
+
 FAILING_GRAPH = (
     USAGE_GRAPH_HEAD
     + """
