@@ -760,6 +760,52 @@ async def test_a_cancelled_run_records_what_its_finished_steps_added(
     assert not any('agent="slow"' in line for line in lines)
 
 
+async def test_a_queued_run_that_is_cancelled_ends_its_stream_with_end(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while it waits in the queue — by `POST .../cancel`, or by a later run's
+    `multitask_strategy=interrupt` — is `interrupted`, and its stream ends with `event: end`
+    `{"run_id", "status"}` as every run that finishes or is cancelled does (the SDK learns from
+    it that the run is over)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # the thread's first run waits in `slow`: the next ones queue
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, _):
+        await client.post("/threads", json={"thread_id": "t-q", "graph_id": "held_q"})
+        body = {"assistant_id": "held_q", "input": {}}
+        running = (await client.post("/threads/t-q/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-q", "first")
+        queued = [
+            (await client.post("/threads/t-q/runs", json=body)).json()["run_id"] for _ in range(2)
+        ]
+        cancel = await client.post(f"/threads/t-q/runs/{queued[0]}/cancel")
+        assert cancel.status_code == 202, cancel.text
+        later = await client.post(
+            "/threads/t-q/runs", json={**body, "multitask_strategy": "interrupt"}
+        )
+        assert later.status_code == 200, later.text
+        for run_id in (*queued, running):
+            run = (await client.get(f"/threads/t-q/runs/{run_id}")).json()
+            assert run["status"] == "interrupted", run
+            events = sse_events((await client.get(f"/threads/t-q/runs/{run_id}/stream")).text)
+            assert events[0]["event"] == "metadata"
+            assert events[-1]["event"] == "end", [e["event"] for e in events]
+            assert events[-1]["data"] == {"run_id": run_id, "status": "interrupted"}
+        (hold / "slow").unlink()
+        joined = await client.get(f"/threads/t-q/runs/{later.json()['run_id']}/join")
+        assert "__interrupt__" in joined.json()
+
+
+@pytest.mark.parametrize("action", ["interrupt", "rollback"])
+async def test_cancelling_a_run_released_to_the_queue_settles_its_thread(
+    settings: Settings, action: str
+) -> None:
+    from tests.helpers import check_cancel_of_a_released_run
+
+    await check_cancel_of_a_released_run(settings, action)
+
+
 async def test_wait_and_join_stream_their_answer_and_keep_the_connection_alive(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
