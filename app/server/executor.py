@@ -273,8 +273,9 @@ class Executor:
         ):
             task = asyncio.create_task(self._execute(run), name=f"run:{run['run_id']}")
             self._tasks[run["run_id"]] = task
-            if self._cancel_notices.pop(run["run_id"], None) is not None:
-                self._spawn(self._apply_cancel(run["run_id"]))  # heard before the claim returned
+            heard = self._cancel_notices.pop(run["run_id"], None) is not None
+            if heard or run.get("cancel_action"):  # requested before the claim returned
+                self._spawn(self._apply_cancel(run["run_id"]))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -369,7 +370,11 @@ class Executor:
             self.signals.wrote(run_id)
             self.wake()  # a run queued behind it on the thread may start
             return
-        self._stop(run_id, action)
+        if run_id in self._tasks:
+            self._stop(run_id, action)
+        elif self.execute and row["status"] == "running":
+            # maybe claimed here a moment ago, its task not registered yet: `claim` applies it
+            self._remember_cancel(run_id)
         # a run in another process: its worker hears the cancel notification (Postgres) or
         # sees `cancel_action` on its next heartbeat
 
@@ -406,7 +411,11 @@ class Executor:
         if run_id in self._tasks:
             self._spawn(self._apply_cancel(run_id))
             return
-        # maybe claimed here a moment ago, its claim not returned yet: remembered briefly
+        self._remember_cancel(run_id)
+
+    def _remember_cancel(self, run_id: str) -> None:
+        """A cancel for a run that may have been claimed here a moment ago, its claim not
+        returned yet: remembered briefly, `claim` applies it once the run's task exists."""
         now = time.monotonic()
         self._cancel_notices = {
             rid: t for rid, t in self._cancel_notices.items() if now - t < self.CANCEL_NOTICE_TTL_S
