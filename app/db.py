@@ -666,41 +666,49 @@ class AppDB:
         checkpoint it started from, with that checkpoint's own pending writes (an approval
         waiting, finished sibling tasks). What langgraph-api does (`adelete_for_runs`). The
         LangGraph checkpointer's tables live in this database; returns checkpoints deleted."""
-        writes, match = self._checkpoint_tables()
         run = await self.get_run(run_id)
-        before = run["before_writes"] if run is not None else None
         async with self._b.transaction() as tx:
-            await tx.execute(
-                f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_id IN"
-                f" (SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND {match})",
-                (thread_id, thread_id, run_id),
+            return await self._delete_checkpoints(
+                tx, thread_id, run_id, run["before_writes"] if run is not None else None
             )
-            delete = f"DELETE FROM checkpoints WHERE thread_id = ? AND {match}"
-            if self.dialect == "postgres":  # and the channel values only they used
-                rows = await tx.fetchall(
-                    _DELETE_WITH_BLOBS_SQL.format(delete=delete), (thread_id, run_id, thread_id)
-                )
-            else:  # SQLite's checkpointer keeps values in the checkpoint
-                rows = await tx.fetchall(f"{delete} RETURNING checkpoint_id", (thread_id, run_id))
-            # the run also wrote onto the heads it started from (a resumed approval, tasks that
-            # finished before the next checkpoint): keep only what was pending there at its start
-            kept: dict[tuple[str, str], set[tuple[str, int]]] = {}
-            for ns, cid, tid, idx in before or []:
-                keys = kept.setdefault((ns, cid), set())
-                if tid is not None:
-                    keys.add((tid, int(idx)))
-            for (ns, cid), keys in kept.items():
-                for w in await tx.fetchall(
-                    f"SELECT task_id, idx FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ?"
-                    " AND checkpoint_id = ?",
-                    (thread_id, ns, cid),
-                ):
-                    if (w["task_id"], int(w["idx"])) not in keys:
-                        await tx.execute(
-                            f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ? AND"
-                            " checkpoint_id = ? AND task_id = ? AND idx = ?",
-                            (thread_id, ns, cid, w["task_id"], w["idx"]),
-                        )
+
+    async def _delete_checkpoints(
+        self, tx: Any, thread_id: str, run_id: str, before: list[Any] | None
+    ) -> int:
+        """`delete_run_checkpoints` in the transaction `tx`; `before`: the run's
+        `before_writes`."""
+        writes, match = self._checkpoint_tables()
+        await tx.execute(
+            f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_id IN"
+            f" (SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND {match})",
+            (thread_id, thread_id, run_id),
+        )
+        delete = f"DELETE FROM checkpoints WHERE thread_id = ? AND {match}"
+        if self.dialect == "postgres":  # and the channel values only they used
+            rows = await tx.fetchall(
+                _DELETE_WITH_BLOBS_SQL.format(delete=delete), (thread_id, run_id, thread_id)
+            )
+        else:  # SQLite's checkpointer keeps values in the checkpoint
+            rows = await tx.fetchall(f"{delete} RETURNING checkpoint_id", (thread_id, run_id))
+        # the run also wrote onto the heads it started from (a resumed approval, tasks that
+        # finished before the next checkpoint): keep only what was pending there at its start
+        kept: dict[tuple[str, str], set[tuple[str, int]]] = {}
+        for ns, cid, tid, idx in before or []:
+            keys = kept.setdefault((ns, cid), set())
+            if tid is not None:
+                keys.add((tid, int(idx)))
+        for (ns, cid), keys in kept.items():
+            for w in await tx.fetchall(
+                f"SELECT task_id, idx FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ?"
+                " AND checkpoint_id = ?",
+                (thread_id, ns, cid),
+            ):
+                if (w["task_id"], int(w["idx"])) not in keys:
+                    await tx.execute(
+                        f"DELETE FROM {writes} WHERE thread_id = ? AND checkpoint_ns = ? AND"
+                        " checkpoint_id = ? AND task_id = ? AND idx = ?",
+                        (thread_id, ns, cid, w["task_id"], w["idx"]),
+                    )
         return len(rows)
 
     async def stale_stateless_threads(self, older_than: datetime) -> list[str]:
@@ -1136,24 +1144,88 @@ class AppDB:
             (*values, iso_us(utcnow()), run_id),
         )
 
-    async def request_cancel(self, run_id: str, action: str) -> dict[str, Any] | None:
-        """Cancel a run; returns it afterwards (None when it does not exist). A pending one ends
-        now (`interrupted`); a running one is flagged and its worker stops it — at once when it
-        runs in this process or (Postgres) hears the cancel notification, else on its next
-        heartbeat."""
+    async def request_cancel(
+        self,
+        run_id: str,
+        action: str,
+        *,
+        usage: dict[str, Any] | None = None,
+        rollback: bool = False,
+    ) -> dict[str, Any] | None:
+        """Cancel a run; returns it afterwards (None when it does not exist), with `ended: True`
+        when this call ended it. A pending one ends now: `interrupted`, its last event `end`
+        `{"run_id", "status"}` stored in the same transaction (Postgres pushes it to the run's
+        streams at commit, as `finish_run` does) and, with `usage`, that usage recorded; with
+        `rollback`, the checkpoints an earlier attempt of it wrote are deleted in that transaction
+        too (`delete_run_checkpoints`; a run released back to the queue part-way), so no run
+        queued behind it can start from them. A running one is flagged and its worker stops it —
+        at once when it runs in this process or (Postgres) hears the cancel notification, else on
+        its next heartbeat."""
         now = iso_us(utcnow())
-        rows = await self._b.fetchall(
-            self._notifying(
-                "UPDATE runs SET cancel_action = ?, updated_at = ?,"
-                " ended_at = CASE WHEN status = 'pending' THEN ? ELSE ended_at END,"
-                " status = CASE WHEN status = 'pending' THEN 'interrupted' ELSE status END"
-                f" WHERE run_id = ? AND status IN ('pending', 'running') RETURNING {RUN_COLS}",
-                f"CASE WHEN changed.status = 'running' THEN '{CANCEL_CHANNEL}'"
-                f" ELSE '{RUN_CHANNEL}' END",
-            ),
-            (action, now, now, run_id),
+        end_data = json.dumps({"run_id": run_id, "status": "interrupted"}, separators=(",", ":"))
+        sets = (
+            "cancel_action = ?, updated_at = ?,"
+            " ended_at = CASE WHEN status = 'pending' THEN ? ELSE ended_at END,"
         )
-        return _run_row(rows[0]) if rows else await self.get_run(run_id)
+        params: list[Any] = [action, now, now]
+        if usage is not None:
+            sets += " usage = CASE WHEN status = 'pending' THEN ? ELSE usage END,"
+            params.append(json.dumps(usage))
+        sql = (
+            f"UPDATE runs SET {sets}"
+            " status = CASE WHEN status = 'pending' THEN 'interrupted' ELSE status END"
+            f" WHERE run_id = ? AND status IN ('pending', 'running') RETURNING {RUN_COLS}"
+        )
+        params.append(run_id)
+        async with self._b.transaction() as tx:
+            if self.dialect == "postgres":
+                # a pending run ended: its `end` is stored and pushed to its streams; a running
+                # one: its worker is told; either way the workers look at the queue again
+                also = (
+                    ", ended AS (INSERT INTO run_events (run_id, event, data, created_at)"
+                    " SELECT run_id, 'end', ?, ? FROM changed WHERE status = 'interrupted'"
+                    " RETURNING id, run_id, event, data)"
+                ) + self._push_ctes("ended", status=True)
+                params += [end_data, now, run_id, "interrupted"]
+                rows = await tx.fetchall(
+                    self._notifying(
+                        sql,
+                        (
+                            f"CASE WHEN changed.status = 'running' THEN '{CANCEL_CHANNEL}'"
+                            f" ELSE '{RUN_CHANNEL}' END",
+                            "CASE WHEN changed.status = 'running' THEN changed.run_id"
+                            " ELSE coalesce((SELECT payload FROM push), changed.run_id) END",
+                        ),
+                        f"'{QUEUE_CHANNEL}'",
+                        also=also,
+                    ),
+                    params,
+                )
+            else:
+                rows = await tx.fetchall(sql, params)
+                if rows and rows[0]["status"] == "interrupted":
+                    await tx.execute(
+                        "INSERT INTO run_events (run_id, event, data, created_at)"
+                        " VALUES (?, 'end', ?, ?)",
+                        (run_id, end_data, now),
+                    )
+            if not rows:
+                return await self.get_run(run_id)
+            row = _run_row(rows[0])
+            row["ended"] = row["status"] == "interrupted"
+            if row["ended"] and rollback and row["attempt"] > 0:
+                await self._delete_checkpoints(tx, row["thread_id"], run_id, row["before_writes"])
+        return row
+
+    async def settle_thread_status(self, thread_id: str, status: str) -> bool:
+        """Set the thread's status to `status` unless a run of it is running (its claim made the
+        thread `busy`, which stays): after a run ended outside its worker. True when set."""
+        rows = await self._b.fetchall(
+            "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ? AND NOT EXISTS"
+            " (SELECT 1 FROM runs WHERE thread_id = ? AND status = 'running') RETURNING thread_id",
+            (status, iso_us(utcnow()), thread_id, thread_id),
+        )
+        return bool(rows)
 
     async def start_run(self, run_id: str, thread_id: str, provider: str) -> None:
         """A run without a lease (kept for callers outside the queue; the CLI uses leases)."""

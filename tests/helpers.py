@@ -163,3 +163,60 @@ async def check_stateless_threads_are_found_by_their_index(db: Any) -> None:
     else:
         plan = await db._b.fetchall("EXPLAIN QUERY PLAN " + query, ("9999",))
     assert "threads_stateless" in str(plan), plan
+
+
+async def check_cancel_of_a_released_run(settings: Any, action: str) -> None:
+    """A run released to the queue part-way (a graceful shutdown here; a dead worker or a lost
+    lease leaves the same) is `pending` again, its thread `busy` and the checkpoints of its first
+    attempt on the thread. Cancelled before any worker takes it up again (here the next server
+    has no free worker), it gets the bookkeeping of a cancelled running run: the thread's status
+    follows from the state (not `busy` for good), the run's stream ends with `end`, `interrupt`
+    records what its finished steps added, `rollback` deletes the run with its checkpoints.
+    `settings`: the backend to use (SQLite or Postgres, migrated)."""
+    import asyncio
+
+    import httpx
+
+    from app.server.app import create_app
+
+    body = {"assistant_id": "supervisor", "input": {"messages": ["Write a blog post about shoes"]}}
+    first = create_app(
+        settings.model_copy(update={"shutdown_grace_s": 0.1, "scripted_latency_ms": 400}),
+        workers=0,
+    )
+    async with first.router.lifespan_context(first):
+        transport = httpx.ASGITransport(app=first)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/threads", json={"thread_id": "t-rel"})
+            run_id = (await client.post("/threads/t-rel/runs", json=body)).json()["run_id"]
+            for _ in range(500):  # the first attempt checkpointed a step that used the model
+                state = (await client.get("/threads/t-rel/state")).json()
+                if (state["values"] or {}).get("usage"):
+                    break
+                await asyncio.sleep(0.02)
+            assert state["values"]["usage"], state
+    second = create_app(settings.model_copy(update={"worker_concurrency": 0}), workers=0)
+    async with second.router.lifespan_context(second):
+        db = second.state.services.db
+        transport = httpx.ASGITransport(app=second)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            row = await db.get_run(run_id)
+            assert row is not None and (row["status"], row["attempt"]) == ("pending", 1)
+            assert (await client.get("/threads/t-rel")).json()["status"] == "busy"
+            cancel = await client.post(
+                f"/threads/t-rel/runs/{run_id}/cancel", params={"action": action, "wait": True}
+            )
+            assert cancel.status_code == 204, cancel.text
+            assert (await client.get("/threads/t-rel")).json()["status"] == "idle"
+            history = (await client.get("/threads/t-rel/history")).json()
+            if action == "rollback":
+                assert await db.get_run(run_id) is None
+                assert history == []  # the thread is where it was before the run: empty
+                return
+            row = await db.get_run(run_id)
+            assert row is not None and row["status"] == "interrupted"
+            assert row["usage"], "what its finished steps added is recorded"
+            assert len(history) >= 2  # kept
+            stream = await client.get(f"/threads/t-rel/runs/{run_id}/stream")
+            last = stream.text.replace("\r\n", "\n").strip().split("\n\n")[-1]
+            assert "event: end" in last and '"status":"interrupted"' in last, stream.text

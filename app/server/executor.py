@@ -293,8 +293,9 @@ class Executor:
         ):
             task = asyncio.create_task(self._execute(run), name=f"run:{run['run_id']}")
             self._tasks[run["run_id"]] = task
-            if self._cancel_notices.pop(run["run_id"], None) is not None:
-                self._spawn(self._apply_cancel(run["run_id"]))  # heard before the claim returned
+            heard = self._cancel_notices.pop(run["run_id"], None) is not None
+            if heard or run.get("cancel_action"):  # requested before the claim returned
+                self._spawn(self._apply_cancel(run["run_id"]))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -351,19 +352,80 @@ class Executor:
     # --- cancellation ---------------------------------------------------------------------------
     async def cancel(self, run: dict[str, Any], action: str) -> None:
         """`interrupt`: stop, keep what was checkpointed. `rollback`: stop and put the thread
-        back where it was before the run, deleting the run."""
+        back where it was before the run, deleting the run.
+
+        A pending run ends here (`request_cancel`: `interrupted`, with its `end` event). One that
+        an earlier attempt started (released back to the queue by a shutdown, a dead worker or a
+        lost lease: its thread `busy`, maybe checkpoints of its own) gets the bookkeeping of a
+        cancelled running run (`_after_cancel`): what its finished steps saved is recorded, or
+        with `rollback` its checkpoints are deleted (with the cancel, in one transaction), and the
+        thread's status follows from the state and the runs still running."""
         run_id = run["run_id"]
-        row = await self.db.request_cancel(run_id, action)
+        current = await self.db.get_run(run_id)
+        if current is None or current["status"] not in ("pending", "running"):
+            return
+        released: tuple[Pregel, RunnableConfig, Any, dict[str, Any]] | None = None
+        if current["status"] == "pending" and current["attempt"] > 0:
+            # nobody runs it while it is pending: the state read now is the one it leaves
+            graph = self.registry.graph(current["graph_id"])
+            config = run_config(current)
+            snapshot = await graph.aget_state(config)
+            base = start_usage(current)
+            usage = (
+                _usage_delta(base, _usage_of(snapshot))
+                if base is not None and (snapshot.metadata or {}).get("run_id") == run_id
+                else {}
+            )
+            released = graph, config, snapshot, usage
+        row = await self.db.request_cancel(
+            run_id,
+            action,
+            usage=released[3] if released is not None and action != "rollback" else None,
+            rollback=released is not None and action == "rollback",
+        )
         if row is None:
             return
-        if row["status"] == "interrupted" and run["status"] == "pending":
-            if action == "rollback":
+        if row.get("ended"):  # it was pending: ended by the statement above
+            if row["attempt"] > 0:  # (released after the read above: its checkpoints go now)
+                await self._after_released_cancel(row, action, released)
+            elif action == "rollback":
                 await self.db.delete_run(run_id)
             self.signals.wrote(run_id)
+            self.wake()  # a run queued behind it on the thread may start
             return
-        self._stop(run_id, action)
+        if run_id in self._tasks:
+            self._stop(run_id, action)
+        elif self.execute and row["status"] == "running":
+            # maybe claimed here a moment ago, its task not registered yet: `claim` applies it
+            self._remember_cancel(run_id)
         # a run in another process: its worker hears the cancel notification (Postgres) or
         # sees `cancel_action` on its next heartbeat
+
+    async def _after_released_cancel(
+        self,
+        row: dict[str, Any],
+        action: str,
+        released: tuple[Pregel, RunnableConfig, Any, dict[str, Any]] | None,
+    ) -> None:
+        """`_after_cancel` for a run cancelled while released to the queue (`cancel`):
+        `released` is what `cancel` read before (None: it was running then)."""
+        run_id, thread_id = row["run_id"], row["thread_id"]
+        if released is None:
+            graph = self.registry.graph(row["graph_id"])
+            config = run_config(row)
+            if action == "rollback":
+                await self.db.delete_run_checkpoints(thread_id, run_id)
+        else:
+            graph, config, snapshot, usage = released
+            for agent, u in usage.items():  # what it spent is counted (/metrics) either way
+                metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
+        if released is None or action == "rollback":  # the state it leaves
+            snapshot = await graph.aget_state(config)
+        await self.db.settle_thread_status(
+            thread_id, "interrupted" if snapshot.interrupts else "idle"
+        )
+        if action == "rollback":  # the thread's status first: waiters wake when the run is gone
+            await self.db.delete_run(run_id)
 
     def cancel_notice(self, run_id: str) -> None:
         """A cancel was requested somewhere for a running run (`CANCEL_CHANNEL`)."""
@@ -372,7 +434,11 @@ class Executor:
         if run_id in self._tasks:
             self._spawn(self._apply_cancel(run_id))
             return
-        # maybe claimed here a moment ago, its claim not returned yet: remembered briefly
+        self._remember_cancel(run_id)
+
+    def _remember_cancel(self, run_id: str) -> None:
+        """A cancel for a run that may have been claimed here a moment ago, its claim not
+        returned yet: remembered briefly, `claim` applies it once the run's task exists."""
         now = time.monotonic()
         self._cancel_notices = {
             rid: t for rid, t in self._cancel_notices.items() if now - t < self.CANCEL_NOTICE_TTL_S

@@ -1,15 +1,21 @@
 """SSE responses: a view of the run's persisted event log (see `events.follow`), never the run
 itself. Heartbeat comments keep idle streams open; a client that stops reading is dropped after
 the send timeout; no compression. `Content-Location` names the run and `Location` its join stream
-(the SDK reads the run id from the first and reconnects to the second with `Last-Event-ID`)."""
+(the SDK reads the run id from the first and reconnects to the second with `Last-Event-ID`).
+
+`wait`/`join` answers (`wait_response`) are streamed too: their headers go out at once (the SDK
+reconnects to `Location`, the run's `/join`, when the body is cut), whitespace keeps an idle
+connection open, and the result JSON follows when the run is over."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Send
 
 from app.server import metrics
 from app.server.events import follow
@@ -63,6 +69,65 @@ def stream_run(
         ping=max(1, int(svc.settings.sse_heartbeat_s)),
         send_timeout=svc.settings.sse_send_timeout_s,
     )
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that closes its body generator however the sending ends (a client
+    gone while a chunk was being sent included): the generator's `finally` runs now, not
+    whenever the garbage collector finalizes it."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._body = body
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self._body.aclose()
+
+
+def wait_response(
+    svc: Services,
+    run: dict[str, Any],
+    result: Callable[[], Awaitable[Any]],
+    *,
+    cancel_on_disconnect: bool = False,
+    erase_thread: bool = False,
+) -> StreamingResponse:
+    """A `wait`/`join` answer: status 200 and the run's headers (`Location`: its `/join`,
+    `Content-Location`: the run) at once, a newline every `SSE_HEARTBEAT_S` while the run is
+    pending or running (JSON parsers skip leading whitespace), then `result()` as JSON — the
+    same bytes a `JSONResponse` of it has. A client that goes away before the result cancels
+    the run with `cancel_on_disconnect`; with `erase_thread` the run's thread is erased once the
+    result was sent (a stateless run delivered)."""
+    run_id, thread_id = run["run_id"], run["thread_id"]
+    every = max(1.0, svc.settings.sse_heartbeat_s)
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        done = asyncio.ensure_future(svc.executor.wait_until_done(run_id))
+        try:
+            while not done.done():
+                await asyncio.wait((done,), timeout=every)
+                if not done.done():
+                    yield b"\n"
+            done.result()  # its error, if it failed: the body is cut, the SDK reconnects
+            yield bytes(JSONResponse(await result()).body)  # as a JSONResponse has it
+            if erase_thread:  # before the body's end: a client that read it finds it gone
+                await svc.executor.erase_thread(thread_id)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            if cancel_on_disconnect:  # outside this cancelled generator
+                _in_background(_cancel(svc, run))
+            raise
+        finally:
+            done.cancel()
+
+    headers = {
+        **run_headers(thread_id, run_id, join="join"),
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # nginx: send the keep-alive newlines as they come
+    }
+    return _ClosingStreamingResponse(body(), media_type="application/json", headers=headers)
 
 
 def _in_background(coro: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from app.db import (
     CANCEL_CHANNEL,
@@ -33,8 +34,9 @@ from app.db import (
 from app.leases import lease_until
 from app.server.events import RunSignals, follow
 from app.server.notify import PgListener
-from app.storage import make_pool, pooled_saver
-from tests.helpers import queue_run
+from app.settings import Settings
+from app.storage import make_pool, open_storage, pooled_saver
+from tests.helpers import check_cancel_of_a_released_run, queue_run
 
 pytestmark = pytest.mark.integration
 
@@ -333,6 +335,65 @@ async def test_appended_events_reach_a_live_reader_in_the_notification_without_a
         assert got == [(e["id"], e["event"], e["data"]) for e in stored] and status == "success"
     finally:
         await listener.stop()
+
+
+async def test_a_cancelled_pending_run_ends_with_end_pushed_to_its_live_readers(
+    pg: tuple[AppDB, Any], pg_dsn: str
+) -> None:
+    """A queued run that is cancelled ends in that statement (`interrupted`) with its last event
+    `end` `{"run_id", "status"}`, stored with the status and pushed to its live streams in the
+    notification (no read), as `finish_run` pushes a finished run's; the workers are told the
+    queue changed (a run queued behind it may start)."""
+    db, _ = pg
+    await queue_run(db, "t", "r", new_thread=True)
+    signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
+    reads: list[int] = []
+    real_read = db.events_and_status
+    queue: list[str] = []
+
+    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
+        reads.append(after_id)
+        return await real_read(run_id, after_id, limit)
+
+    db.events_and_status = counted  # type: ignore[method-assign]
+    listener = PgListener(
+        pg_dsn, {RUN_CHANNEL: signals.notified, QUEUE_CHANNEL: queue.append}, signals
+    )
+    await listener.start()
+    try:
+        got: list[tuple[int, str, str]] = []
+
+        async def read_all() -> None:
+            async for ev in follow(db, signals, "r"):
+                got.append((ev.id, ev.event, ev.data))
+
+        reader = asyncio.create_task(read_all())
+        await _until(lambda: len(reads) == 1)  # nothing stored yet, the run pending
+        row = await db.request_cancel("r", "interrupt")
+        assert row is not None and row["status"] == "interrupted"
+        await asyncio.wait_for(reader, 5)  # ended by the pushed `end`, with no read
+        assert len(reads) == 1
+        assert [e[1:] for e in got] == [("end", '{"run_id":"r","status":"interrupted"}')]
+        stored, status = await real_read("r", 0)
+        assert got == [(e["id"], e["event"], e["data"]) for e in stored]
+        assert status == "interrupted"
+        await _until(lambda: "r" in queue)
+        assert row.get("ended")  # (what tells `Executor.cancel` this request ended it)
+        again = await db.request_cancel("r", "interrupt")  # ended already: nothing more
+        assert again is not None and not again.get("ended")
+        assert len((await real_read("r", 0))[0]) == 1
+    finally:
+        await listener.stop()
+
+
+@pytest.mark.parametrize("action", ["interrupt", "rollback"])
+async def test_cancelling_a_run_released_to_the_queue_settles_its_thread(
+    pg_dsn: str, settings: Settings, action: str
+) -> None:
+    s = settings.model_copy(update={"database_url": SecretStr(pg_dsn)})
+    async with open_storage(s, migrate=True):
+        pass
+    await check_cancel_of_a_released_run(s, action)
 
 
 async def test_while_the_notification_queue_is_filling_appends_announce_bare_run_ids(

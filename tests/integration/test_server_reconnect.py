@@ -7,6 +7,7 @@ the run's end."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -76,3 +77,89 @@ async def test_sdk_stream_survives_a_server_kill_9_and_restart(
     finally:
         for srv in servers:
             stop_server(srv)
+
+
+async def test_sdk_wait_survives_a_server_kill_9_and_restart(tmp_path: Path) -> None:
+    """`runs.wait` gets the run's headers at once (`on_run_created` hears of the run while it
+    goes on), so when the server is killed mid-run the SDK reconnects to `Location` — the run's
+    `/join` — on the restarted server, which takes the run up again; the one `wait` call returns
+    the run's result."""
+    env = _env(None, tmp_path / "data", SCRIPTED_LATENCY_MS="300")  # SQLite, in-process runs
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    first = start_server(env, log_path, port)
+    servers = [first]
+    try:
+        client = langgraph_sdk.get_client(url=first.url)
+        tid = (await client.threads.create())["thread_id"]
+        created: list[str] = []
+        heard = asyncio.Event()
+
+        def on_run_created(meta: Any) -> None:
+            created.append(str(meta["run_id"]))
+            heard.set()
+
+        async def kill_and_restart() -> None:
+            await heard.wait()  # the run exists and the wait's headers have come
+            await asyncio.sleep(1.5)  # mid-run
+            os.killpg(first.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(first.proc.wait, 30)
+            servers.append(await asyncio.to_thread(start_server, env, log_path, port))
+
+        killer = asyncio.create_task(kill_and_restart())
+        with pytest.warns(UserWarning, match="reconnect"):
+            result = await client.runs.wait(
+                tid,
+                "supervisor",
+                input=user(REQUEST),
+                on_run_created=on_run_created,
+            )
+        await killer
+        assert len(servers) == 2
+        run = await client.runs.get(tid, created[0])
+        assert run["status"] == "success" and run["attempt"] == 2, run  # taken up after the kill
+        assert result["messages"][-1]["type"] == "ai"
+        assert result == (await client.threads.get_state(tid))["values"]
+    except BaseException:
+        print(log_path.read_text(encoding="utf-8", errors="replace"))
+        raise
+    finally:
+        for srv in servers:
+            stop_server(srv)
+
+
+async def test_wait_answers_at_once_and_on_disconnect_cancel_cancels(tmp_path: Path) -> None:
+    """Over a real connection: `/runs/wait`'s headers come while the run is going, then keep-alive
+    newlines every `SSE_HEARTBEAT_S`, then the result. With `on_disconnect=cancel`, a client that
+    goes away before the result cancels the run."""
+    import httpx
+
+    env = _env(None, tmp_path / "data", SCRIPTED_LATENCY_MS="300", SSE_HEARTBEAT_S="1")
+    srv = start_server(env, tmp_path / "server.log")
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            tid = (await c.post("/threads", json={})).json()["thread_id"]
+            body = {"assistant_id": "supervisor", "input": user(REQUEST)}
+            async with c.stream("POST", f"/threads/{tid}/runs/wait", json=body) as r:
+                (run,) = (await c.get(f"/threads/{tid}/runs")).json()
+                assert run["status"] in ("pending", "running")  # the headers came first
+                base = f"/threads/{tid}/runs/{run['run_id']}"
+                assert r.headers["location"] == f"{base}/join"
+                assert r.headers["content-location"] == base
+                chunks = [chunk async for chunk in r.aiter_bytes()]
+            assert chunks[0] == b"\n" and len([c for c in chunks if c == b"\n"]) >= 2
+            assert json.loads(b"".join(chunks)) == (await c.get(f"{base}/join")).json()
+
+            tid = (await c.post("/threads", json={})).json()["thread_id"]
+            wait = {**body, "on_disconnect": "cancel"}
+            async with c.stream("POST", f"/threads/{tid}/runs/wait", json=wait) as r:
+                await asyncio.sleep(1.5)  # the client gives up before the end and closes
+            (run,) = (await c.get(f"/threads/{tid}/runs")).json()
+            for _ in range(100):
+                run = (await c.get(f"/threads/{tid}/runs/{run['run_id']}")).json()
+                if run["status"] not in ("pending", "running"):
+                    break
+                await asyncio.sleep(0.1)
+            assert run["status"] == "interrupted", run
+    finally:
+        stop_server(srv)

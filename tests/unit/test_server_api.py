@@ -760,6 +760,100 @@ async def test_a_cancelled_run_records_what_its_finished_steps_added(
     assert not any('agent="slow"' in line for line in lines)
 
 
+async def test_a_queued_run_that_is_cancelled_ends_its_stream_with_end(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while it waits in the queue — by `POST .../cancel`, or by a later run's
+    `multitask_strategy=interrupt` — is `interrupted`, and its stream ends with `event: end`
+    `{"run_id", "status"}` as every run that finishes or is cancelled does (the SDK learns from
+    it that the run is over)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # the thread's first run waits in `slow`: the next ones queue
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, _):
+        await client.post("/threads", json={"thread_id": "t-q", "graph_id": "held_q"})
+        body = {"assistant_id": "held_q", "input": {}}
+        running = (await client.post("/threads/t-q/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-q", "first")
+        queued = [
+            (await client.post("/threads/t-q/runs", json=body)).json()["run_id"] for _ in range(2)
+        ]
+        cancel = await client.post(f"/threads/t-q/runs/{queued[0]}/cancel")
+        assert cancel.status_code == 202, cancel.text
+        later = await client.post(
+            "/threads/t-q/runs", json={**body, "multitask_strategy": "interrupt"}
+        )
+        assert later.status_code == 200, later.text
+        for run_id in (*queued, running):
+            run = (await client.get(f"/threads/t-q/runs/{run_id}")).json()
+            assert run["status"] == "interrupted", run
+            events = sse_events((await client.get(f"/threads/t-q/runs/{run_id}/stream")).text)
+            assert events[0]["event"] == "metadata"
+            assert events[-1]["event"] == "end", [e["event"] for e in events]
+            assert events[-1]["data"] == {"run_id": run_id, "status": "interrupted"}
+        (hold / "slow").unlink()
+        joined = await client.get(f"/threads/t-q/runs/{later.json()['run_id']}/join")
+        assert "__interrupt__" in joined.json()
+
+
+@pytest.mark.parametrize("action", ["interrupt", "rollback"])
+async def test_cancelling_a_run_released_to_the_queue_settles_its_thread(
+    settings: Settings, action: str
+) -> None:
+    from tests.helpers import check_cancel_of_a_released_run
+
+    await check_cancel_of_a_released_run(settings, action)
+
+
+async def test_wait_and_join_stream_their_answer_and_keep_the_connection_alive(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/runs/wait` and `/join` answer with the run's headers (`Location`: its `/join`,
+    `Content-Location`: the run), a newline every `SSE_HEARTBEAT_S` while the run goes on, then
+    the result JSON — the same bytes as before, after the whitespace, which JSON parsers skip.
+    What is known to be wrong before the run exists is still a status code with the JSON error."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    quick = settings.model_copy(update={"sse_heartbeat_s": 0.2})  # at least 1 s is used
+    async with serving_graph(quick, tmp_path, monkeypatch, "held_w", source) as (client, app):
+        await client.post("/threads", json={"thread_id": "t-w", "graph_id": "held_w"})
+        body = {"assistant_id": "held_w", "input": {}}
+        waiting = asyncio.create_task(client.post("/threads/t-w/runs/wait", json=body))
+        await wait_for_usage(client, "t-w", "first")
+        (run,) = (await client.get("/threads/t-w/runs")).json()
+        joining = asyncio.create_task(client.get(f"/threads/t-w/runs/{run['run_id']}/join"))
+        busy = await client.post(
+            "/threads/t-w/runs/wait", json={**body, "multitask_strategy": "reject"}
+        )
+        assert busy.status_code == 409 and "in progress" in busy.json()["detail"]
+        await asyncio.sleep(2.3)  # two keep-alives
+        (hold / "slow").unlink()
+        waited, joined = await waiting, await joining
+        base = f"/threads/t-w/runs/{run['run_id']}"
+        for r in (waited, joined):
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/json"
+            assert (r.headers["location"], r.headers["content-location"]) == (f"{base}/join", base)
+            assert r.content.startswith(b"\n\n") and r.content.strip()[:1] == b"{"
+        result = waited.json()
+        assert "__interrupt__" in result and joined.json() == result
+        assert (
+            waited.content.lstrip()
+            == json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+        )
+        # refused before any run exists: a status code and the JSON error, no stream
+        missing = await client.post("/threads/nope/runs/wait", json=body)
+        assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+        bad = await client.post("/runs/wait", json={**body, "webhook": "http://hook"})
+        assert bad.status_code == 422 and "detail" in bad.json()
+        unknown = await client.get("/threads/t-w/runs/nope/join")
+        assert unknown.status_code == 404 and "detail" in unknown.json()
+        assert app.state.services.executor.active == 0
+
+
 FAILING_GRAPH = (
     USAGE_GRAPH_HEAD
     + """

@@ -27,6 +27,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.db import CANCEL_CHANNEL, QUEUE_CHANNEL, RUN_CHANNEL, open_sqlite_db
+from app.leases import lease_until
 from app.server.events import PUSHED_KEPT, RunSignals, follow
 from app.server.executor import Executor
 from app.server.notify import PgListener
@@ -281,6 +282,48 @@ async def test_a_cancel_heard_before_the_claim_returned_still_stops_the_run(
     assert run is not None and run["status"] == "interrupted" and run["error"] == "cancelled"
     executor.cancel_notice("not-here")  # a run of another worker: only remembered, briefly
     assert "not-here" in executor._cancel_notices
+
+
+async def test_a_cancel_between_the_claim_and_the_runs_task_stops_the_run_at_once(
+    executor: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, in-process: a cancel whose request lands after this executor's claim of the run
+    committed, but before the claim returned and the run's task exists, has no task to stop and
+    no notification follows it. The executor remembers it and the claim applies it, instead of
+    the run going on until its next heartbeat (`RUN_LEASE_S / 3`)."""
+    db = executor.db
+    await queue_run(db, "t", "r", new_thread=True, kwargs=BLOG_RUN)
+    claim = db.claim_runs
+
+    async def claim_then_cancelled(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = await claim(*args, **kwargs)
+        await executor.cancel(rows[0], "interrupt")  # a request of this process, meanwhile
+        return rows
+
+    monkeypatch.setattr(db, "claim_runs", claim_then_cancelled)
+    await executor.claim()
+    assert executor.active == 1
+    await asyncio.wait_for(executor.wait_until_done("r"), 3)  # not the 10-s heartbeat
+    run = await db.get_run("r")
+    assert run is not None and run["status"] == "interrupted" and run["error"] == "cancelled"
+
+
+async def test_a_claimed_run_whose_cancel_was_requested_earlier_is_stopped_at_once(
+    executor: Executor,
+) -> None:
+    """A run flagged for cancel whose worker went away before stopping it is requeued with the
+    flag; the executor that claims it applies the cancel at once (not at its first
+    heartbeat)."""
+    db = executor.db
+    await queue_run(db, "t", "r", new_thread=True, kwargs=BLOG_RUN)
+    await db.claim_runs("w-gone", lease_until(30), 1)
+    await db.request_cancel("r", "interrupt")
+    assert await db.requeue_run("r", "w-gone")
+    await executor.claim()
+    assert executor.active == 1
+    await asyncio.wait_for(executor.wait_until_done("r"), 3)
+    run = await db.get_run("r")
+    assert run is not None and run["status"] == "interrupted" and run["attempt"] == 2
 
 
 async def test_the_claim_loop_outlives_a_database_error(

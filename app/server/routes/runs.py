@@ -7,14 +7,14 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from app.server.auth import Principal, require
 from app.server.events import parse_last_event_id
 from app.server.schemas import MAX_OFFSET, RunCreate
 from app.server.services import Svc, create_run, graph_of, owned_run, owned_thread
-from app.server.streaming import run_headers, stream_run
+from app.server.streaming import run_headers, stream_run, wait_response
 from app.server.views import run_json, state_json
 
 router = APIRouter(tags=["runs"])
@@ -85,29 +85,28 @@ async def create_stream_stateless(
 
 async def _wait(
     svc: Any, principal: Principal, thread_id: str | None, body: RunCreate
-) -> JSONResponse:
+) -> StreamingResponse:
+    """The run is created (or refused with its status code) before the answer starts; then the
+    answer streams: headers at once, keep-alive whitespace, the result (`wait_response`)."""
     run = await create_run(svc, principal, thread_id, body)
-    try:
-        await svc.executor.wait_until_done(run["run_id"])
-    except BaseException:
-        if body.on_disconnect == "cancel":
-            current = await svc.db.get_run(run["run_id"])
-            if current is not None:
-                await svc.executor.cancel(current, "interrupt")
-        raise
-    result = await _result(svc, run)
-    if run.get("erase_thread"):  # a stateless run delivered: its thread goes
-        await svc.executor.erase_thread(run["thread_id"])
-    return JSONResponse(result, headers=run_headers(run["thread_id"], run["run_id"], join="join"))
+    return wait_response(
+        svc,
+        run,
+        lambda: _result(svc, run),
+        cancel_on_disconnect=body.on_disconnect == "cancel",
+        erase_thread=bool(run.get("erase_thread")),  # a stateless run delivered: its thread goes
+    )
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its result")
-async def create_wait(thread_id: str, body: RunCreate, svc: Svc, principal: Editor) -> JSONResponse:
+async def create_wait(
+    thread_id: str, body: RunCreate, svc: Svc, principal: Editor
+) -> StreamingResponse:
     return await _wait(svc, principal, thread_id, body)
 
 
 @router.post("/runs/wait", summary="Stateless run on a new thread; wait for its result")
-async def create_wait_stateless(body: RunCreate, svc: Svc, principal: Editor) -> JSONResponse:
+async def create_wait_stateless(body: RunCreate, svc: Svc, principal: Editor) -> StreamingResponse:
     return await _wait(svc, principal, None, body)
 
 
@@ -145,12 +144,10 @@ async def delete_run(thread_id: str, run_id: str, svc: Svc, principal: Editor) -
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; its result")
-async def join_run(thread_id: str, run_id: str, svc: Svc, principal: Viewer) -> JSONResponse:
+async def join_run(thread_id: str, run_id: str, svc: Svc, principal: Viewer) -> StreamingResponse:
+    """Streamed as `wait` is (`wait_response`); an unknown run is a 404 before it starts."""
     run = await owned_run(svc, principal, thread_id, run_id)
-    await svc.executor.wait_until_done(run_id)
-    return JSONResponse(
-        await _result(svc, run), headers=run_headers(thread_id, run_id, join="join")
-    )
+    return wait_response(svc, run, lambda: _result(svc, run))
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE)")
