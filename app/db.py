@@ -642,15 +642,6 @@ class AppDB:
             f"UPDATE threads SET {', '.join(sets)} WHERE thread_id = ?", (*params, thread_id)
         )
 
-    async def set_idle_thread_status(self, thread_id: str, status: str) -> bool:
-        """Set the status of a thread that no run is executing on (a state update's outcome):
-        a `busy` thread is left alone, its run records the status when it ends."""
-        changed = await self._b.execute(
-            "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ? AND status <> 'busy'",
-            (status, iso_us(utcnow()), thread_id),
-        )
-        return changed > 0
-
     async def delete_thread(self, thread_id: str) -> None:
         async with self._b.transaction() as tx:
             await tx.execute(

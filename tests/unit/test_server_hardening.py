@@ -366,8 +366,19 @@ async def test_a_state_update_keeps_a_breakpoint_interrupted_and_a_busy_thread_b
     assert r.status_code == 200, r.text
     assert (await client.get("/threads/t-2")).json()["status"] == "interrupted"
     db = app.state.services.db
-    await db.update_thread("t-2", status="busy")  # a run started meanwhile
-    r = await client.post("/threads/t-2/state", json={"values": {"answer": "again"}})
+    real_active_runs = db.active_runs
+
+    async def run_starts_after_the_check(thread_id: str) -> list[Any]:
+        found = await real_active_runs(thread_id)  # none: the update may go ahead ...
+        await db.start_run("r-meanwhile", thread_id, "scripted")  # ... and a run starts
+        await db.update_thread(thread_id, status="busy")  # (its claim makes the thread busy)
+        return list(found)
+
+    db.active_runs = run_starts_after_the_check
+    try:
+        r = await client.post("/threads/t-2/state", json={"values": {"answer": "again"}})
+    finally:
+        db.active_runs = real_active_runs
     assert r.status_code == 200, r.text
     assert (await db.get_thread("t-2"))["status"] == "busy"
 

@@ -193,7 +193,7 @@ async def update_state(
         ) from exc
     snap = await graph.aget_state(_config(thread_id))
     # a run that started meanwhile owns the status (busy, then what it ends with)
-    await svc.db.set_idle_thread_status(thread_id, thread_status_of(snap))
+    await svc.db.settle_thread_status(thread_id, thread_status_of(snap))
     return {"checkpoint": checkpoint_of(config)}
 
 
