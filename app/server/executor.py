@@ -132,9 +132,22 @@ def _usage_of(snapshot: Any) -> dict[str, Any]:
 def _recorded_usage(base: dict[str, Any], after_values: dict[str, Any]) -> dict[str, Any]:
     """What a run added to the thread's usage, by agent (also counted in /metrics)."""
     usage = _usage_delta(base, after_values.get("usage") or {})
+    _count_usage(usage)
+    return usage
+
+
+def _count_usage(usage: dict[str, Any]) -> None:
     for agent, u in usage.items():
         metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
-    return usage
+
+
+def usage_added(run_id: str, base: dict[str, Any] | None, snapshot: Any) -> dict[str, Any]:
+    """What run `run_id` added to the usage of the state `snapshot`, from its `base`: {} where
+    that checkpoint is not the run's own (it stopped before it saved one; a fork's head is
+    another branch) or its base is not known."""
+    if base is None or (snapshot.metadata or {}).get("run_id") != run_id:
+        return {}
+    return _usage_delta(base, _usage_of(snapshot))
 
 
 class RunOutcome:
@@ -155,12 +168,11 @@ class RunOutcome:
         self.base: dict[str, Any] | None = None
 
     def usage_in(self, snapshot: Any) -> dict[str, Any]:
-        """What the run added to the usage of the state `snapshot`: {} where that checkpoint is
-        not the run's own (it stopped before it saved one; a fork's head is another branch) or
-        its base is not known yet."""
-        if self.base is None or (snapshot.metadata or {}).get("run_id") != self.run_id:
-            return {}
-        return _recorded_usage(self.base, snapshot.values or {})
+        """What the run added to the usage of the state `snapshot` (`usage_added`), counted in
+        /metrics."""
+        usage = usage_added(self.run_id, self.base, snapshot)
+        _count_usage(usage)
+        return usage
 
     def see(self, mode: str, chunk: Any) -> None:
         if not isinstance(chunk, dict):
@@ -370,12 +382,7 @@ class Executor:
             graph = self.registry.graph(current["graph_id"])
             config = run_config(current)
             snapshot = await graph.aget_state(config)
-            base = start_usage(current)
-            usage = (
-                _usage_delta(base, _usage_of(snapshot))
-                if base is not None and (snapshot.metadata or {}).get("run_id") == run_id
-                else {}
-            )
+            usage = usage_added(run_id, start_usage(current), snapshot)
             released = graph, config, snapshot, usage
         row = await self.db.request_cancel(
             run_id,
@@ -417,8 +424,7 @@ class Executor:
                 await self.db.delete_run_checkpoints(thread_id, run_id)
         else:
             graph, config, snapshot, usage = released
-            for agent, u in usage.items():  # what it spent is counted (/metrics) either way
-                metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
+            _count_usage(usage)  # what it spent is counted (/metrics) either way
         if released is None or action == "rollback":  # the state it leaves
             snapshot = await graph.aget_state(config)
         await self.db.settle_thread_status(

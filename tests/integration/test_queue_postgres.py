@@ -61,6 +61,32 @@ async def _until(check: Any, within_s: float = 5.0) -> None:
     raise AssertionError("condition not reached")
 
 
+def count_reads(db: AppDB) -> tuple[list[int], Any]:
+    """Every read of a run's events from the table from now on, as the id read after (a read
+    the notifications spared leaves no entry); returns (reads, the uncounted read)."""
+    reads: list[int] = []
+    real_read = db.events_and_status
+
+    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
+        reads.append(after_id)
+        return await real_read(run_id, after_id, limit)
+
+    db.events_and_status = counted  # type: ignore[method-assign]
+    return reads, real_read
+
+
+def read_into(
+    got: list[tuple[int, str, str]], db: AppDB, signals: RunSignals, run_id: str
+) -> asyncio.Task[None]:
+    """A live reader of the run's stream (`follow`), its events appended to `got`."""
+
+    async def read_all() -> None:
+        async for ev in follow(db, signals, run_id):
+            got.append((ev.id, ev.event, ev.data))
+
+    return asyncio.create_task(read_all())
+
+
 async def test_changes_are_announced_and_fanned_out_once_committed(
     pg: tuple[AppDB, Any], pg_dsn: str
 ) -> None:
@@ -293,24 +319,12 @@ async def test_appended_events_reach_a_live_reader_in_the_notification_without_a
     await db.claim_runs("w", lease_until(30), 1)
     (first,) = await db.append_events("r", [("metadata", '{"run_id":"r"}')], owner="w")
     signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
-    reads: list[int] = []
-    real_read = db.events_and_status
-
-    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
-        reads.append(after_id)
-        return await real_read(run_id, after_id, limit)
-
-    db.events_and_status = counted  # type: ignore[method-assign]
+    reads, real_read = count_reads(db)
     listener = PgListener(pg_dsn, {RUN_CHANNEL: signals.notified}, signals)
     await listener.start()
     try:
         got: list[tuple[int, str, str]] = []
-
-        async def read_all() -> None:
-            async for ev in follow(db, signals, "r"):
-                got.append((ev.id, ev.event, ev.data))
-
-        reader = asyncio.create_task(read_all())
+        reader = read_into(got, db, signals, "r")
         await _until(lambda: len(got) == 1)  # stored before the reader came: its first read
         assert len(reads) == 1 and got[0][0] == first
 
@@ -347,27 +361,15 @@ async def test_a_cancelled_pending_run_ends_with_end_pushed_to_its_live_readers(
     db, _ = pg
     await queue_run(db, "t", "r", new_thread=True)
     signals = RunSignals(poll_s=30.0)  # no polling: only notifications wake the reader
-    reads: list[int] = []
-    real_read = db.events_and_status
+    reads, real_read = count_reads(db)
     queue: list[str] = []
-
-    async def counted(run_id: str, after_id: int, limit: int = 500) -> Any:
-        reads.append(after_id)
-        return await real_read(run_id, after_id, limit)
-
-    db.events_and_status = counted  # type: ignore[method-assign]
     listener = PgListener(
         pg_dsn, {RUN_CHANNEL: signals.notified, QUEUE_CHANNEL: queue.append}, signals
     )
     await listener.start()
     try:
         got: list[tuple[int, str, str]] = []
-
-        async def read_all() -> None:
-            async for ev in follow(db, signals, "r"):
-                got.append((ev.id, ev.event, ev.data))
-
-        reader = asyncio.create_task(read_all())
+        reader = read_into(got, db, signals, "r")
         await _until(lambda: len(reads) == 1)  # nothing stored yet, the run pending
         row = await db.request_cancel("r", "interrupt")
         assert row is not None and row["status"] == "interrupted"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.local_llm import free_port
-from tests.integration.serving import migrate, start_server, stop_server, user
+from tests.integration.serving import Server, migrate, start_server, stop_server, user
 from tests.integration.serving import server_env as _env
 
 langgraph_sdk = pytest.importorskip("langgraph_sdk")
@@ -24,6 +24,15 @@ langgraph_sdk = pytest.importorskip("langgraph_sdk")
 pytestmark = pytest.mark.integration
 
 REQUEST = "Research what runners say about carbon-plated trail shoes and write a blog post about it"
+
+
+async def kill_9_and_restart(
+    server: Server, env: dict[str, str], log_path: Path, port: int, workers: int | None = None
+) -> Server:
+    """SIGKILL the server (its process group) and start the next one on the same port."""
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    await asyncio.to_thread(server.proc.wait, 30)
+    return await asyncio.to_thread(start_server, env, log_path, port, workers=workers)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -50,11 +59,7 @@ async def test_sdk_stream_survives_a_server_kill_9_and_restart(
         ):
             seen.append(part)
             if len(seen) == 3:  # mid-run: kill -9 and start again on the same port
-                os.killpg(first.proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(first.proc.wait, 30)
-                servers.append(
-                    await asyncio.to_thread(start_server, env, log_path, port, workers=workers)
-                )
+                servers.append(await kill_9_and_restart(first, env, log_path, port, workers))
         assert len(servers) == 2, "the stream ended before the server was killed"
 
         run_id = seen[0].data["run_id"]
@@ -102,9 +107,7 @@ async def test_sdk_wait_survives_a_server_kill_9_and_restart(tmp_path: Path) -> 
         async def kill_and_restart() -> None:
             await heard.wait()  # the run exists and the wait's headers have come
             await asyncio.sleep(1.5)  # mid-run
-            os.killpg(first.proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(first.proc.wait, 30)
-            servers.append(await asyncio.to_thread(start_server, env, log_path, port))
+            servers.append(await kill_9_and_restart(first, env, log_path, port))
 
         killer = asyncio.create_task(kill_and_restart())
         with pytest.warns(UserWarning, match="reconnect"):
