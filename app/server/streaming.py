@@ -54,7 +54,7 @@ def stream_run(
             metrics.stream_closed()
             # outside this (possibly cancelled) generator:
             if cancel_on_disconnect and not complete:  # the client went away
-                _in_background(_cancel(svc, run))
+                _in_background(svc.executor.cancel(run, "interrupt"))  # (reads it)
             if complete and run.get("erase_thread"):  # a stateless run delivered: its thread goes
                 _in_background(svc.executor.erase_thread(thread_id))
 
@@ -117,7 +117,7 @@ def wait_response(
                 await svc.executor.erase_thread(thread_id)
         except (asyncio.CancelledError, GeneratorExit):  # the client went away
             if cancel_on_disconnect:  # outside this cancelled generator
-                _in_background(_cancel(svc, run))
+                _in_background(svc.executor.cancel(run, "interrupt"))  # (reads it)
             raise
         finally:
             done.cancel()
@@ -134,9 +134,3 @@ def _in_background(coro: Any) -> None:
     task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
-
-
-async def _cancel(svc: Services, run: dict[str, Any]) -> None:
-    current = await svc.db.get_run(run["run_id"])
-    if current is not None and current["status"] in ("pending", "running"):
-        await svc.executor.cancel(current, "interrupt")

@@ -147,11 +147,23 @@ async def _state_at(
 ) -> dict[str, Any]:
     graph = graph_of(svc, row)
     config = _config(row["thread_id"], checkpoint)
-    if checkpoint.checkpoint_id and await svc.registry.checkpointer.aget_tuple(config) is None:
+    await _check_found(svc, checkpoint, config)
+    return state_json(await graph.aget_state(config, subgraphs=subgraphs))
+
+
+async def _check_found(
+    svc: Services, checkpoint: CheckpointBody | None, config: RunnableConfig
+) -> None:
+    """404 for a checkpoint id the thread does not have (a read of it would give an empty
+    state, an update a head whose parent does not exist)."""
+    if (
+        checkpoint is not None
+        and checkpoint.checkpoint_id
+        and await svc.registry.checkpointer.aget_tuple(config) is None
+    ):
         raise HTTPException(
             404, f"checkpoint {checkpoint.checkpoint_id!r} not found on this thread"
         )
-    return state_json(await graph.aget_state(config, subgraphs=subgraphs))
 
 
 @router.post("/threads/{thread_id}/state", summary="Update the thread's state (as a node)")
@@ -175,14 +187,7 @@ async def update_state(
             422, f"as_node: not a node of this thread's graph; nodes: {sorted(graph.nodes)}"
         )
     config = _config(thread_id, checkpoint)
-    if (
-        checkpoint is not None
-        and checkpoint.checkpoint_id
-        and await svc.registry.checkpointer.aget_tuple(config) is None
-    ):  # else LangGraph would write a head whose parent does not exist
-        raise HTTPException(
-            404, f"checkpoint {checkpoint.checkpoint_id!r} not found on this thread"
-        )
+    await _check_found(svc, checkpoint, config)
     try:
         config = await graph.aupdate_state(config, body.values, as_node=body.as_node)
     except (ValueError, KeyError, TypeError, InvalidUpdateError) as exc:  # an invalid update
