@@ -166,3 +166,40 @@ async def test_wait_answers_at_once_and_on_disconnect_cancel_cancels(tmp_path: P
             assert run["status"] == "interrupted", run
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize("join", ["join", "stream"])
+async def test_a_join_with_cancel_on_disconnect_cancels_the_run_when_the_client_leaves(
+    tmp_path: Path, join: str
+) -> None:
+    """Over a real connection: a client that leaves a join (`/join`, or the join stream) of a
+    background run leaves the run going; with `cancel_on_disconnect=true` leaving cancels it, as
+    the SDK's `join_stream(..., cancel_on_disconnect=True)` asks."""
+    import httpx
+
+    env = _env(None, tmp_path / "data", SCRIPTED_LATENCY_MS="300", SSE_HEARTBEAT_S="1")
+    srv = start_server(env, tmp_path / "server.log")
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            tid = (await c.post("/threads", json={})).json()["thread_id"]
+            body = {"assistant_id": "supervisor", "input": user(REQUEST)}
+            run = (await c.post(f"/threads/{tid}/runs", json=body)).json()
+            base = f"/threads/{tid}/runs/{run['run_id']}"
+
+            async def leave_after(seconds: float, **params: str) -> str:
+                async with c.stream("GET", f"{base}/{join}", params=params) as r:
+                    assert r.status_code == 200
+                    await asyncio.sleep(seconds)  # the client gives up before the end
+                await asyncio.sleep(0.5)
+                return str((await c.get(base)).json()["status"])
+
+            assert await leave_after(1.0) in ("pending", "running")  # it carries on
+            await leave_after(1.0, cancel_on_disconnect="true")
+            for _ in range(100):
+                status = (await c.get(base)).json()["status"]
+                if status not in ("pending", "running"):
+                    break
+                await asyncio.sleep(0.1)
+            assert status == "interrupted"
+    finally:
+        stop_server(srv)

@@ -308,6 +308,24 @@ async def test_another_tenant_gets_404_and_a_viewer_cannot_start_runs(api: Any) 
     assert (await client.post("/threads", json={})).status_code == 403
 
 
+async def test_a_viewer_joins_a_run_but_cannot_cancel_it_by_leaving(api: Any) -> None:
+    """`cancel_on_disconnect` on a join (its result or its stream) cancels the run when the
+    client leaves: a viewer, who may not cancel, may join but not with it."""
+    client, app = api
+    as_principal(app, "acme", "editor")
+    request = "Research what runners say about carbon-plated trail shoes and write a blog post"
+    body = {"assistant_id": "supervisor", "input": {"messages": [request]}}
+    run = await client.post("/threads/t-join/runs", json={**body, "if_not_exists": "create"})
+    base = f"/threads/t-join/runs/{run.json()['run_id']}"
+    as_principal(app, "acme", "viewer")
+    for path in (f"{base}/join", f"{base}/stream"):
+        denied = await client.get(path, params={"cancel_on_disconnect": "true"})
+        assert denied.status_code == 403, path
+        assert denied.json() == {"detail": "cancel_on_disconnect needs the editor role"}
+    assert (await client.get(f"{base}/join")).status_code == 200
+    assert (await client.get(base)).json()["status"] == "success"
+
+
 # --- one real run through the worker ------------------------------------------------------------
 async def test_stream_interrupt_then_resume_over_sse(api: Any) -> None:
     client, _ = api

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 from app.server.auth import Principal, require
 from app.server.events import parse_last_event_id
 from app.server.schemas import MAX_OFFSET, RunCreate
-from app.server.services import Svc, create_run, graph_of, owned_run, owned_thread
+from app.server.services import Services, Svc, create_run, graph_of, owned_run, owned_thread
 from app.server.streaming import run_headers, stream_run, wait_response
 from app.server.views import run_json, state_json
 
@@ -143,11 +143,31 @@ async def delete_run(thread_id: str, run_id: str, svc: Svc, principal: Editor) -
     return Response(status_code=204)
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; its result")
-async def join_run(thread_id: str, run_id: str, svc: Svc, principal: Viewer) -> StreamingResponse:
-    """Streamed as `wait` is (`wait_response`); an unknown run is a 404 before it starts."""
+async def _joined_run(
+    svc: Services, principal: Principal, thread_id: str, run_id: str, cancel_on_disconnect: bool
+) -> dict[str, Any]:
+    """The run a join follows; leaving with `cancel_on_disconnect` cancels it, so it needs the
+    role that may cancel."""
     run = await owned_run(svc, principal, thread_id, run_id)
-    return wait_response(svc, run, lambda: _result(svc, run))
+    if cancel_on_disconnect and not principal.allows("editor"):
+        raise HTTPException(403, "cancel_on_disconnect needs the editor role")
+    return run
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; its result")
+async def join_run(
+    thread_id: str,
+    run_id: str,
+    svc: Svc,
+    principal: Viewer,
+    cancel_on_disconnect: bool = False,
+) -> StreamingResponse:
+    """Streamed as `wait` is (`wait_response`); an unknown run is a 404 before it starts. With
+    `cancel_on_disconnect`, a client that goes away before the result cancels the run."""
+    run = await _joined_run(svc, principal, thread_id, run_id, cancel_on_disconnect)
+    return wait_response(
+        svc, run, lambda: _result(svc, run), cancel_on_disconnect=cancel_on_disconnect
+    )
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE)")
@@ -162,9 +182,7 @@ async def join_stream(
 ) -> EventSourceResponse:
     """Replays the stored events after `Last-Event-ID` (all of them without it), then follows
     the run live until it ends."""
-    run = await owned_run(svc, principal, thread_id, run_id)
-    if cancel_on_disconnect and not principal.allows("editor"):
-        raise HTTPException(403, "cancel_on_disconnect needs the editor role")
+    run = await _joined_run(svc, principal, thread_id, run_id, cancel_on_disconnect)
     return stream_run(
         svc,
         run,
