@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Response
 from langgraph.types import StateSnapshot
 
 from app.redact import redact
@@ -12,6 +13,16 @@ from app.server.serde import jsonable
 # the CLI marks a thread whose run stopped mid-way `unfinished`; on the wire that is `idle`
 WIRE_THREAD_STATUS = {"unfinished": "idle"}
 WIRE_RUN_STATUS = {"cancelled": "interrupted"}
+
+
+def page_headers(response: Response, offset: int, returned: int, more: bool) -> None:
+    """The pagination headers langgraph-api sends with a search: `X-Pagination-Next` (the offset
+    of the next page, only when there is one; the SDK's `response_format="object"` reads it) and
+    `X-Pagination-Total` (as langgraph-api counts it: the items up to this page, plus one when
+    more follow)."""
+    if more:
+        response.headers["X-Pagination-Next"] = str(offset + returned)
+    response.headers["X-Pagination-Total"] = str(offset + returned + (1 if more else 0))
 
 
 def checkpoint_of(config: Any) -> dict[str, Any] | None:

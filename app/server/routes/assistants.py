@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from langgraph.pregel import Pregel
 from pydantic import create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
@@ -15,6 +15,7 @@ from app.server.auth import Principal, require
 from app.server.schemas import AssistantCount, AssistantSearch
 from app.server.serde import jsonable
 from app.server.services import Services, Svc, not_found
+from app.server.views import page_headers
 
 router = APIRouter(tags=["assistants"])
 log = logging.getLogger("mkt.server")
@@ -39,7 +40,9 @@ def _matches(
 
 
 @router.post("/assistants/search", summary="Search assistants (Studio filters created_by=system)")
-async def search(body: AssistantSearch, svc: Svc, principal: Viewer) -> list[dict[str, Any]]:
+async def search(
+    body: AssistantSearch, svc: Svc, principal: Viewer, response: Response
+) -> list[dict[str, Any]]:
     found = [
         a for a in svc.registry.assistants() if _matches(a, body.metadata, body.graph_id, body.name)
     ]
@@ -47,6 +50,7 @@ async def search(body: AssistantSearch, svc: Svc, principal: Viewer) -> list[dic
     if sort_by in ("name", "graph_id", "assistant_id"):
         found.sort(key=lambda a: str(a[sort_by]), reverse=body.sort_order == "desc")
     page = found[body.offset : body.offset + body.limit]
+    page_headers(response, body.offset, len(page), more=len(found) > body.offset + body.limit)
     if body.select:
         page = [{k: v for k, v in a.items() if k in body.select} for a in page]
     return page

@@ -23,7 +23,7 @@ from app.server.schemas import (
     ThreadSearch,
 )
 from app.server.services import Services, Svc, graph_of, owned_thread
-from app.server.views import checkpoint_of, state_json, thread_json
+from app.server.views import checkpoint_of, page_headers, state_json, thread_json
 
 router = APIRouter(tags=["threads"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -66,18 +66,21 @@ async def create_thread(body: ThreadCreate, svc: Svc, principal: Editor) -> dict
 
 
 @router.post("/threads/search", summary="Search threads (metadata, status, ids)")
-async def search_threads(body: ThreadSearch, svc: Svc, principal: Viewer) -> list[dict[str, Any]]:
+async def search_threads(
+    body: ThreadSearch, svc: Svc, principal: Viewer, response: Response
+) -> list[dict[str, Any]]:
     rows = await svc.db.search_threads(
         principal.tenant,
         status=body.status,
         metadata=body.metadata,
         ids=body.ids,
-        limit=body.limit,
+        limit=body.limit + 1,  # one more: is there a next page
         offset=body.offset,
         sort_by=body.sort_by or "created_at",
         descending=(body.sort_order or "desc") == "desc",
     )
-    return [await _thread_out(svc, row) for row in rows]
+    page_headers(response, body.offset, min(len(rows), body.limit), more=len(rows) > body.limit)
+    return [await _thread_out(svc, row) for row in rows[: body.limit]]
 
 
 @router.post("/threads/count", summary="Count threads")

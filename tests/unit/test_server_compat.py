@@ -1,0 +1,65 @@
+"""The server as the official `langgraph-sdk` client and LangGraph Studio see it, in-process (ASGI,
+SQLite, scripted model): where its answers must match langgraph-api's (`langgraph dev`) for a
+client written against that one to work unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+
+from app.server.app import create_app
+from app.settings import Settings
+
+
+@pytest.fixture
+async def sdk(settings: Settings) -> AsyncIterator[LangGraphClient]:
+    """The SDK's own client over the app in this process (what `get_client(url=...)` builds,
+    with an ASGI transport instead of a socket)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield LangGraphClient(http)
+
+
+async def _threads(sdk: LangGraphClient, n: int, **metadata: Any) -> list[str]:
+    return [
+        (await sdk.threads.create(thread_id=f"t-{i}", metadata=metadata))["thread_id"]
+        for i in range(n)
+    ]
+
+
+# --- searches: pagination -----------------------------------------------------------------------
+async def test_assistant_search_pages_with_the_sdks_next_cursor(sdk: LangGraphClient) -> None:
+    """`assistants.search(response_format="object")` reads the next page's offset from the
+    `X-Pagination-Next` header (langgraph-api sends it); without it a client that pages by `next`
+    stops after the first page."""
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await sdk.assistants.search(limit=2, offset=offset, response_format="object")
+        seen += [a["graph_id"] for a in page["assistants"]]
+        offset = int(page["next"]) if page["next"] is not None else None
+    assert sorted(seen) == ["content", "publishing", "research", "social", "supervisor"]
+
+
+async def test_thread_search_sends_the_pagination_headers(sdk: LangGraphClient) -> None:
+    await _threads(sdk, 3, team="a")
+    http = sdk.http.client
+    first = await http.post("/threads/search", json={"limit": 2})
+    assert len(first.json()) == 2
+    assert first.headers["X-Pagination-Next"] == "2"
+    assert first.headers["X-Pagination-Total"] == "3"
+    last = await http.post("/threads/search", json={"limit": 2, "offset": 2})
+    assert len(last.json()) == 1 and "X-Pagination-Next" not in last.headers
+    assert last.headers["X-Pagination-Total"] == "3"
+    # Studio (a browser) may read them
+    cors = await http.post(
+        "/threads/search", json={}, headers={"Origin": "https://smith.langchain.com"}
+    )
+    exposed = cors.headers["access-control-expose-headers"].lower()
+    assert "x-pagination-next" in exposed and "x-pagination-total" in exposed
