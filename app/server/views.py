@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from fastapi import Response
@@ -89,6 +90,9 @@ def thread_json(row: dict[str, Any], snap: StateSnapshot | None) -> dict[str, An
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
             "metadata": row["metadata"],
+            # when the state last changed: its newest checkpoint (the thread's creation before)
+            "state_updated_at": (snap.created_at if snap is not None else None)
+            or row["created_at"],
             "status": WIRE_THREAD_STATUS.get(row["status"], row["status"]),
             "values": (snap.values if snap is not None else None) or {},
             "interrupts": interrupts,
@@ -103,6 +107,11 @@ _INTERNAL_KWARGS = (
     "usage_base",
     "checked_at",
 )  # the server's own, not the client's
+
+
+def selected(item: dict[str, Any], select: Collection[str] | None) -> dict[str, Any]:
+    """The fields a search's `select` names (all of them without one)."""
+    return {k: v for k, v in item.items() if k in select} if select else item
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:

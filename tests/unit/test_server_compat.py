@@ -63,3 +63,38 @@ async def test_thread_search_sends_the_pagination_headers(sdk: LangGraphClient) 
     )
     exposed = cors.headers["access-control-expose-headers"].lower()
     assert "x-pagination-next" in exposed and "x-pagination-total" in exposed
+
+
+# --- searches: select, sort -------------------------------------------------------------------
+async def test_thread_search_and_run_list_return_only_the_selected_fields(
+    sdk: LangGraphClient,
+) -> None:
+    """`select` (threads.search, runs.list) answers with those fields only, as langgraph-api
+    does; a field it does not know is a 422."""
+    (tid,) = await _threads(sdk, 1, team="a")
+    found = await sdk.threads.search(select=["thread_id", "status"])
+    assert found == [{"thread_id": tid, "status": "idle"}]
+    with_state = await sdk.threads.search(select=["thread_id", "values", "state_updated_at"])
+    assert set(with_state[0]) == {"thread_id", "values", "state_updated_at"}
+    bad = await sdk.http.client.post("/threads/search", json={"select": ["secret"]})
+    assert bad.status_code == 422
+
+    await sdk.runs.wait(tid, "research", input={"messages": [{"role": "user", "content": "hi"}]})
+    runs = await sdk.runs.list(tid, select=["run_id", "status"])
+    assert len(runs) == 1 and set(runs[0]) == {"run_id", "status"}
+    bad = await sdk.http.client.get(f"/threads/{tid}/runs", params={"select": "secret"})
+    assert bad.status_code == 422
+
+
+async def test_threads_have_state_updated_at_and_sort_by_it(sdk: LangGraphClient) -> None:
+    """`state_updated_at` is a thread field and a sort key the SDK names (`ThreadSortBy`): it was
+    a 422. It is the time of the thread's newest checkpoint (its creation before it has one)."""
+    first, second = await _threads(sdk, 2)
+    new = await sdk.threads.get(first)
+    assert new["state_updated_at"] == new["created_at"]
+    await sdk.runs.wait(first, "research", input={"messages": [{"role": "user", "content": "hi"}]})
+    ran = await sdk.threads.get(first)
+    assert ran["state_updated_at"] == (await sdk.threads.get_state(first))["created_at"]
+    assert ran["state_updated_at"] > new["state_updated_at"]
+    ordered = await sdk.threads.search(sort_by="state_updated_at", sort_order="desc")
+    assert [t["thread_id"] for t in ordered] == [first, second]

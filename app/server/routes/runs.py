@@ -12,10 +12,10 @@ from sse_starlette import EventSourceResponse
 
 from app.server.auth import Principal, require
 from app.server.events import parse_last_event_id
-from app.server.schemas import MAX_OFFSET, RunCreate
+from app.server.schemas import MAX_OFFSET, RunCreate, RunField
 from app.server.services import Svc, create_run, graph_of, owned_run, owned_thread
 from app.server.streaming import run_headers, stream_run, wait_response
-from app.server.views import run_json, state_json
+from app.server.views import run_json, selected, state_json
 
 router = APIRouter(tags=["runs"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -119,12 +119,13 @@ async def list_runs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
     | None = None,
+    select: Annotated[list[RunField] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     await owned_thread(svc, principal, thread_id)
     rows = await svc.db.list_runs(
         thread_id, status=status, limit=limit, offset=offset, newest_first=True
     )
-    return [run_json(r) for r in rows]
+    return [selected(run_json(r), select) for r in rows]
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", summary="Get a run")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
@@ -23,7 +24,7 @@ from app.server.schemas import (
     ThreadSearch,
 )
 from app.server.services import Services, Svc, graph_of, owned_thread
-from app.server.views import checkpoint_of, page_headers, state_json, thread_json
+from app.server.views import checkpoint_of, page_headers, selected, state_json, thread_json
 
 router = APIRouter(tags=["threads"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -39,9 +40,17 @@ def _config(thread_id: str, checkpoint: CheckpointBody | None = None) -> Runnabl
     return {"configurable": conf}
 
 
-async def _thread_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
+# the fields of a thread that come from its state (the others are its row's)
+_STATE_FIELDS = {"values", "interrupts", "state_updated_at"}
+
+
+async def _thread_out(
+    svc: Services, row: dict[str, Any], select: Collection[str] | None = None
+) -> dict[str, Any]:
+    if select and not _STATE_FIELDS & set(select):  # the state is not read
+        return selected(thread_json(row, None), select)
     snap = await graph_of(svc, row).aget_state(_config(row["thread_id"]))
-    return thread_json(row, snap)
+    return selected(thread_json(row, snap), select)
 
 
 @router.post("/threads", summary="Create a thread")
@@ -76,11 +85,13 @@ async def search_threads(
         ids=body.ids,
         limit=body.limit + 1,  # one more: is there a next page
         offset=body.offset,
-        sort_by=body.sort_by or "created_at",
+        sort_by="updated_at"
+        if body.sort_by == "state_updated_at"
+        else body.sort_by or "created_at",
         descending=(body.sort_order or "desc") == "desc",
     )
     page_headers(response, body.offset, min(len(rows), body.limit), more=len(rows) > body.limit)
-    return [await _thread_out(svc, row) for row in rows[: body.limit]]
+    return [await _thread_out(svc, row, body.select) for row in rows[: body.limit]]
 
 
 @router.post("/threads/count", summary="Count threads")
