@@ -254,6 +254,16 @@ class AssistantSearch(Body):
     select: list[str] | None = None
 
 
+class AssistantVersions(Body):
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class AssistantVersion(Body):
+    version: int
+
+
 class AssistantCount(Body):
     metadata: dict[str, Any] | None = None
     graph_id: str | None = None

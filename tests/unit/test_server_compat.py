@@ -98,3 +98,22 @@ async def test_threads_have_state_updated_at_and_sort_by_it(sdk: LangGraphClient
     assert ran["state_updated_at"] > new["state_updated_at"]
     ordered = await sdk.threads.search(sort_by="state_updated_at", sort_order="desc")
     assert [t["thread_id"] for t in ordered] == [first, second]
+
+
+# --- assistants ---------------------------------------------------------------------------------
+async def test_assistant_versions_list_the_one_version(sdk: LangGraphClient) -> None:
+    """Studio's assistant view lists an assistant's versions (`POST .../versions`, a 404 before)
+    and can pick one (`POST .../latest`). A default assistant has version 1 only."""
+    sup = await sdk.assistants.get("supervisor")
+    versions = await sdk.assistants.get_versions(sup["assistant_id"])
+    assert [(v["assistant_id"], v["version"], v["graph_id"]) for v in versions] == [
+        (sup["assistant_id"], 1, "supervisor")
+    ]
+    assert await sdk.assistants.get_versions("supervisor", metadata={"created_by": "x"}) == []
+    assert await sdk.assistants.set_latest(sup["assistant_id"], 1) == sup
+    missing = await sdk.http.client.post(
+        f"/assistants/{sup['assistant_id']}/latest", json={"version": 2}
+    )
+    assert missing.status_code == 404
+    unknown = await sdk.http.client.post("/assistants/nope/versions", json={})
+    assert unknown.status_code == 404

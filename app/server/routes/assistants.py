@@ -12,7 +12,12 @@ from pydantic import create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
 from app.server.auth import Principal, require
-from app.server.schemas import AssistantCount, AssistantSearch
+from app.server.schemas import (
+    AssistantCount,
+    AssistantSearch,
+    AssistantVersion,
+    AssistantVersions,
+)
 from app.server.serde import jsonable
 from app.server.services import Services, Svc, not_found
 from app.server.views import page_headers
@@ -66,6 +71,30 @@ async def count(body: AssistantCount, svc: Svc, principal: Viewer) -> int:
 @router.get("/assistants/{assistant_id}", summary="Get an assistant (id or graph name)")
 async def get(assistant_id: str, svc: Svc, principal: Viewer) -> dict[str, Any]:
     return svc.registry.assistant(_graph_id(svc, assistant_id))
+
+
+@router.post("/assistants/{assistant_id}/versions", summary="An assistant's versions (one)")
+async def versions(
+    assistant_id: str, body: AssistantVersions, svc: Svc, principal: Viewer
+) -> list[dict[str, Any]]:
+    """A default assistant has one version, 1 (what Studio's assistant view lists)."""
+    a = svc.registry.assistant(_graph_id(svc, assistant_id))
+    version = {k: v for k, v in a.items() if k != "updated_at"}
+    return (
+        [version][body.offset : body.offset + body.limit]
+        if _matches(a, body.metadata, None, None)
+        else []
+    )
+
+
+@router.post("/assistants/{assistant_id}/latest", summary="Make a version the latest (1 only)")
+async def set_latest(
+    assistant_id: str, body: AssistantVersion, svc: Svc, principal: Viewer
+) -> dict[str, Any]:
+    graph_id = _graph_id(svc, assistant_id)
+    if body.version != 1:
+        raise HTTPException(404, f"assistant {assistant_id!r} has no version {body.version}")
+    return svc.registry.assistant(graph_id)
 
 
 def _xray(value: str | None) -> bool | int:
