@@ -117,3 +117,16 @@ async def test_assistant_versions_list_the_one_version(sdk: LangGraphClient) -> 
     assert missing.status_code == 404
     unknown = await sdk.http.client.post("/assistants/nope/versions", json={})
     assert unknown.status_code == 404
+
+
+# --- state --------------------------------------------------------------------------------------
+async def test_state_update_answers_with_the_new_checkpoint_in_every_shape(
+    sdk: LangGraphClient,
+) -> None:
+    """langgraph-api answers a state update with the new head as `checkpoint`, and (for older
+    clients, which read them) as `configurable` and its id as `checkpoint_id`."""
+    (tid,) = await _threads(sdk, 1)
+    await sdk.runs.wait(tid, "research", input={"messages": [{"role": "user", "content": "hi"}]})
+    out = await sdk.threads.update_state(tid, {"messages": []}, as_node="write_brief")
+    head = (await sdk.threads.get_state(tid))["checkpoint"]
+    assert out == {"checkpoint": head, "configurable": head, "checkpoint_id": head["checkpoint_id"]}

@@ -213,7 +213,13 @@ async def update_state(
     snap = await graph.aget_state(_config(thread_id))
     # a run that started meanwhile owns the status (busy, then what it ends with)
     await svc.db.settle_thread_status(thread_id, thread_status_of(snap))
-    return {"checkpoint": checkpoint_of(config)}
+    head = checkpoint_of(config)
+    # `configurable` and `checkpoint_id`: what langgraph-api still sends for older clients
+    return {
+        "checkpoint": head,
+        "configurable": head,
+        "checkpoint_id": head["checkpoint_id"] if head else None,
+    }
 
 
 # --- history ----------------------------------------------------------------------------------
