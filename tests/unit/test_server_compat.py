@@ -130,3 +130,31 @@ async def test_state_update_answers_with_the_new_checkpoint_in_every_shape(
     out = await sdk.threads.update_state(tid, {"messages": []}, as_node="write_brief")
     head = (await sdk.threads.get_state(tid))["checkpoint"]
     assert out == {"checkpoint": head, "configurable": head, "checkpoint_id": head["checkpoint_id"]}
+
+
+# --- threads: the graph and assistant of their runs -----------------------------------------------
+async def test_a_run_names_its_graph_and_assistant_in_the_threads_metadata(
+    sdk: LangGraphClient,
+) -> None:
+    """As langgraph-api: a run puts `graph_id` and `assistant_id` into its thread's metadata
+    (the latest run's), so a search on them — how Studio and agent-chat-ui list a graph's threads —
+    finds a thread created without them. A thread created by the run has them too."""
+    research = (await sdk.assistants.get("research"))["assistant_id"]
+    content = (await sdk.assistants.get("content"))["assistant_id"]
+    (tid,) = await _threads(sdk, 1, team="a")
+    hi = {"messages": [{"role": "user", "content": "hi"}]}
+    await sdk.runs.wait(tid, "research", input=hi)
+    assert (await sdk.threads.get(tid))["metadata"] == {
+        "team": "a",
+        "graph_id": "research",
+        "assistant_id": research,
+    }
+    for query in ({"graph_id": "research"}, {"assistant_id": research}):
+        assert [t["thread_id"] for t in await sdk.threads.search(metadata=query)] == [tid]
+    await sdk.runs.wait(tid, content, input=hi)  # by id: the latest run's graph and assistant
+    meta = (await sdk.threads.get(tid))["metadata"]
+    assert (meta["graph_id"], meta["assistant_id"]) == ("content", content)
+
+    await sdk.runs.wait("t-new", "research", input=hi, if_not_exists="create")
+    meta = (await sdk.threads.get("t-new"))["metadata"]
+    assert (meta["graph_id"], meta["assistant_id"]) == ("research", research)
