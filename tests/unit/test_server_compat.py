@@ -158,3 +158,30 @@ async def test_a_run_names_its_graph_and_assistant_in_the_threads_metadata(
     await sdk.runs.wait("t-new", "research", input=hi, if_not_exists="create")
     meta = (await sdk.threads.get("t-new"))["metadata"]
     assert (meta["graph_id"], meta["assistant_id"]) == ("research", research)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+async def test_stateless_background_runs_and_batches(sdk: LangGraphClient) -> None:
+    """`runs.create(None, ...)` (`POST /runs`) and `runs.create_batch` (`POST /runs/batch`) were
+    404s. Each run gets a thread of its own; its result can be joined."""
+    hi = {"messages": [{"role": "user", "content": "hi"}]}
+    run = await sdk.runs.create(None, "research", input=hi)
+    assert run["status"] == "pending" and run["thread_id"]
+    result = await sdk.runs.join(run["thread_id"], run["run_id"])
+    assert result["messages"][-1]["type"] == "ai"
+    assert (await sdk.runs.get(run["thread_id"], run["run_id"]))["status"] == "success"
+
+    batch = await sdk.runs.create_batch(
+        [{"assistant_id": "research", "input": hi}, {"assistant_id": "content", "input": hi}]
+    )
+    assert [r["assistant_id"] for r in batch] == [
+        (await sdk.assistants.get(g))["assistant_id"] for g in ("research", "content")
+    ]
+    assert len({r["thread_id"] for r in batch}) == 2
+    for r in batch:
+        await sdk.runs.join(r["thread_id"], r["run_id"])
+    refused = await sdk.http.client.post(
+        "/runs/batch", json=[{"assistant_id": "research", "input": hi}, {"assistant_id": "nope"}]
+    )
+    assert refused.status_code == 404
+    assert len(await sdk.threads.search(metadata={"stateless": True}, limit=100)) == 3

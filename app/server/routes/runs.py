@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
@@ -65,6 +65,30 @@ async def create_background(
 ) -> JSONResponse:
     run = await create_run(svc, principal, thread_id, body)
     return JSONResponse(run_json(run), headers=run_headers(thread_id, run["run_id"], join="join"))
+
+
+@router.post("/runs", summary="Stateless background run on a new thread")
+async def create_background_stateless(body: RunCreate, svc: Svc, principal: Editor) -> JSONResponse:
+    """Its thread (`metadata.stateless`) is deleted once it is old, unless `on_completion` is
+    `keep`: read the run and its result before then (`STATELESS_THREAD_GRACE_S`)."""
+    run = await create_run(svc, principal, None, body)
+    return JSONResponse(
+        run_json(run), headers=run_headers(run["thread_id"], run["run_id"], join="join")
+    )
+
+
+@router.post("/runs/batch", summary="Stateless background runs, each on a new thread")
+async def create_batch_stateless(
+    body: Annotated[list[RunCreate], Body(min_length=1, max_length=100)],
+    svc: Svc,
+    principal: Editor,
+) -> list[dict[str, Any]]:
+    """Created in order: a run refused (its status and error) stops the batch there; an unknown
+    assistant anywhere refuses it before any is created."""
+    for one in body:
+        if svc.registry.resolve(one.assistant_id) is None:
+            raise HTTPException(404, f"assistant {one.assistant_id!r} not found")
+    return [run_json(await create_run(svc, principal, None, one)) for one in body]
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)")
