@@ -164,12 +164,8 @@ async def create_run(
         "resolved_context": ctx.model_dump() if ctx is not None else None,
         "created_from": created_from(view, row, fork),
     }
-    # the assistant as the client named it (an id), else the graph's default assistant
-    assistant_id = (
-        body.assistant_id
-        if graph_id != body.assistant_id
-        else svc.registry.assistant(graph_id)["assistant_id"]
-    )
+    # the graph's assistant, by its id (whether the client named it by graph, id or former id)
+    assistant_id = svc.registry.assistant(graph_id)["assistant_id"]
     # as langgraph-api: the thread's metadata names the graph and assistant of its latest run
     # (Studio and agent-chat-ui list a graph's threads by searching on them)
     ran_by = {"graph_id": graph_id, "assistant_id": assistant_id}

@@ -4,6 +4,7 @@ client written against that one to work unchanged."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -185,3 +186,24 @@ async def test_stateless_background_runs_and_batches(sdk: LangGraphClient) -> No
     )
     assert refused.status_code == 404
     assert len(await sdk.threads.search(metadata={"stateless": True}, limit=100)) == 3
+
+
+async def test_assistants_have_the_ids_langgraph_dev_gives_them(sdk: LangGraphClient) -> None:
+    """A graph's default assistant has the id langgraph-api gives it (so an id copied from Studio
+    on `langgraph dev` works here); the id this server used before is still accepted, and a run
+    started by it is recorded under the current one."""
+    # langgraph_api.graph.NAMESPACE_GRAPH (importing it needs langgraph-api's settings)
+    namespace = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+    expected = str(uuid.uuid5(namespace, "supervisor"))
+    assert (await sdk.assistants.get("supervisor"))["assistant_id"] == expected
+    assert (await sdk.assistants.get(expected))["graph_id"] == "supervisor"
+    former = str(uuid.uuid5(uuid.NAMESPACE_URL, "research"))
+    assert (await sdk.assistants.get(former))["graph_id"] == "research"
+    (tid,) = await _threads(sdk, 1)
+    run = await sdk.runs.create(
+        tid, former, input={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    current = str(uuid.uuid5(namespace, "research"))
+    assert run["assistant_id"] == current
+    await sdk.runs.join(tid, run["run_id"])
+    assert (await sdk.threads.get(tid))["metadata"]["assistant_id"] == current
