@@ -14,6 +14,7 @@ from langgraph_sdk.client import LangGraphClient
 
 from app.server.app import create_app
 from app.settings import Settings
+from tests.helpers import PUBLISH_REQUEST
 
 
 @pytest.fixture
@@ -207,3 +208,50 @@ async def test_assistants_have_the_ids_langgraph_dev_gives_them(sdk: LangGraphCl
     assert run["assistant_id"] == current
     await sdk.runs.join(tid, run["run_id"])
     assert (await sdk.threads.get(tid))["metadata"]["assistant_id"] == current
+
+
+async def test_a_copied_thread_has_the_state_history_and_pending_approval(
+    sdk: LangGraphClient,
+) -> None:
+    """`threads.copy` (a 404 before): a new thread with the source's checkpoints — values,
+    history, the approval waiting in the publishing subgraph — and metadata; it goes on on its
+    own (accepting the approval there leaves the source waiting). On Postgres too:
+    `tests/integration/test_server_compat_postgres.py`."""
+    await check_thread_copy(sdk)
+
+
+async def check_thread_copy(sdk: LangGraphClient) -> None:
+    (tid,) = await _threads(sdk, 1, team="a")
+    empty = await sdk.threads.copy(tid)  # no state yet
+    assert empty["thread_id"] != tid and empty["values"] == {} and empty["status"] == "idle"
+    await sdk.runs.wait(
+        tid, "supervisor", input={"messages": [{"role": "user", "content": PUBLISH_REQUEST}]}
+    )
+    copy = await sdk.threads.copy(tid)
+    cid = copy["thread_id"]
+    assert copy["status"] == "interrupted" and copy["metadata"]["team"] == "a"
+    source, copied = await sdk.threads.get_state(tid), await sdk.threads.get_state(cid)
+    assert copied["values"] == source["values"] and copied["next"] == source["next"]
+    assert copied["interrupts"] == source["interrupts"] != []
+    assert copied["checkpoint"]["checkpoint_id"] == source["checkpoint"]["checkpoint_id"]
+    assert copied["checkpoint"]["thread_id"] == cid
+    sub = (await sdk.threads.get_state(cid, subgraphs=True))["tasks"][0]["state"]
+    assert sub["next"] == ["approve"]
+    history = await sdk.threads.get_history(tid, limit=100)
+    assert [
+        h["checkpoint"]["checkpoint_id"] for h in await sdk.threads.get_history(cid, limit=100)
+    ] == [h["checkpoint"]["checkpoint_id"] for h in history]
+
+    await sdk.runs.wait(cid, "supervisor", command={"resume": {"type": "accept"}})
+    assert (await sdk.threads.get(cid))["status"] == "idle"
+    assert (await sdk.threads.get(tid))["status"] == "interrupted"
+    assert (await sdk.threads.get_state(tid))["checkpoint"] == source["checkpoint"]
+    missing = await sdk.http.client.post("/threads/nope/copy")
+    assert missing.status_code == 404
+
+    # a stateless run's thread kept: its copy is an ordinary thread (not deleted once old)
+    hi = {"messages": [{"role": "user", "content": "hi"}]}
+    run = await sdk.runs.create(None, "research", input=hi, on_completion="keep")
+    await sdk.runs.join(run["thread_id"], run["run_id"])
+    kept = await sdk.threads.copy(run["thread_id"])
+    assert "stateless" not in kept["metadata"] and kept["metadata"]["graph_id"] == "research"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import InvalidUpdateError
 
 from app.server.auth import Principal, require
@@ -128,6 +129,53 @@ async def delete_thread(thread_id: str, svc: Svc, principal: Editor) -> Response
         await svc.executor.wait_until_done(run["run_id"], within_s=30)
     await svc.executor.erase_thread(thread_id)
     return Response(status_code=204)
+
+
+STATELESS_KEYS = ("stateless", "on_completion")  # set on the thread of a stateless run
+
+
+async def copy_checkpoints(
+    checkpointer: BaseCheckpointSaver[Any], source: str, target: str
+) -> None:
+    """Every checkpoint of `source` (all namespaces: subgraphs too) and the writes pending on it,
+    under `target`, oldest first so each one's parent is there before it."""
+    found = [t async for t in checkpointer.alist({"configurable": {"thread_id": source}})]
+    for t in sorted(found, key=lambda t: t.config["configurable"]["checkpoint_id"]):
+        parent = (t.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        conf = {"thread_id": target, "checkpoint_ns": t.config["configurable"]["checkpoint_ns"]}
+        saved = await checkpointer.aput(
+            {"configurable": {**conf, "checkpoint_id": parent}},
+            t.checkpoint,
+            t.metadata,
+            t.checkpoint["channel_versions"],
+        )
+        by_task: dict[str, list[tuple[str, Any]]] = {}
+        for task_id, channel, value in t.pending_writes or ():
+            by_task.setdefault(task_id, []).append((channel, value))
+        for task_id, writes in by_task.items():
+            await checkpointer.aput_writes(saved, writes, task_id)
+
+
+@router.post("/threads/{thread_id}/copy", summary="Copy a thread: its state and history")
+async def copy_thread(thread_id: str, svc: Svc, principal: Editor) -> dict[str, Any]:
+    """A new thread with the source's checkpoints (its state, history and any pending approval),
+    metadata and saved run context; its runs and their events are not copied."""
+    row = await owned_thread(svc, principal, thread_id)
+    new_id = str(uuid.uuid4())
+    await copy_checkpoints(svc.registry.checkpointer, thread_id, new_id)
+    graph = graph_of(svc, row)
+    snap = await graph.aget_state(_config(new_id))
+    copied, _ = await svc.db.create_thread(
+        new_id,
+        tenant=principal.tenant,
+        # not a stateless run's thread (those are deleted once old), whatever the source was
+        metadata={k: v for k, v in row["metadata"].items() if k not in STATELESS_KEYS},
+        graph_id=row["graph_id"] or "supervisor",
+        status=thread_status_of(snap) if snap.config else "idle",
+    )
+    if row.get("context"):
+        await svc.db.update_thread(new_id, context=row["context"])
+    return thread_json(copied, snap)
 
 
 # --- state ------------------------------------------------------------------------------------
