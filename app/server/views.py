@@ -40,6 +40,31 @@ def checkpoint_of(config: Any) -> dict[str, Any] | None:
     return out
 
 
+def debug_event(chunk: Any) -> Any:
+    """A `debug` stream chunk as langgraph-api sends it: a checkpoint's payload also names its
+    checkpoint and parent as `checkpoint`/`parent_checkpoint` objects (what Studio's debug view
+    reads), and a task with a subgraph state names that state's checkpoint as `checkpoint`."""
+    payload = chunk.get("payload") if isinstance(chunk, dict) else None
+    if not isinstance(payload, dict) or chunk.get("type") != "checkpoint":
+        return chunk
+    tasks = []
+    for task in payload.get("tasks") or ():
+        state = task.get("state") if isinstance(task, dict) else None
+        if isinstance(state, dict) and state.get("configurable"):
+            task = {k: v for k, v in task.items() if k != "state"}
+            task["checkpoint"] = state["configurable"]
+        tasks.append(task)
+    return {
+        **chunk,
+        "payload": {
+            **payload,
+            "checkpoint": checkpoint_of(payload.get("config")),
+            "parent_checkpoint": checkpoint_of(payload.get("parent_config")),
+            "tasks": tasks,
+        },
+    }
+
+
 def interrupt_json(i: Any) -> dict[str, Any]:
     return {"id": i.id, "value": i.value}
 

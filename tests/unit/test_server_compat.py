@@ -255,3 +255,32 @@ async def check_thread_copy(sdk: LangGraphClient) -> None:
     await sdk.runs.join(run["thread_id"], run["run_id"])
     kept = await sdk.threads.copy(run["thread_id"])
     assert "stateless" not in kept["metadata"] and kept["metadata"]["graph_id"] == "research"
+
+
+# --- streams as Studio reads them ---------------------------------------------------------------
+async def test_debug_checkpoint_events_name_their_checkpoints(sdk: LangGraphClient) -> None:
+    """A `debug` checkpoint event carries `checkpoint` and `parent_checkpoint` objects besides
+    `config`/`parent_config`, as langgraph-api sends them (Studio's debug view reads them); a
+    subgraph task's state is named as its `checkpoint`."""
+    (tid,) = await _threads(sdk, 1)
+    payloads = [
+        p.data["payload"]
+        async for p in sdk.runs.stream(
+            tid,
+            "supervisor",
+            input={"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
+            stream_mode="debug",
+        )
+        if p.event == "debug" and p.data["type"] == "checkpoint"
+    ]
+    first, last = payloads[0], payloads[-1]
+    assert first["parent_checkpoint"] is None
+    assert first["checkpoint"]["checkpoint_id"] == first["config"]["configurable"]["checkpoint_id"]
+    assert last["checkpoint"] == (await sdk.threads.get_state(tid))["checkpoint"]
+    assert last["parent_checkpoint"]["checkpoint_id"] == payloads[-2]["checkpoint"]["checkpoint_id"]
+    assert all(p["checkpoint"]["thread_id"] == tid for p in payloads)
+    # the publishing subgraph, waiting for the approval: its task names the subgraph checkpoint
+    (waiting,) = last["tasks"]
+    assert "state" not in waiting and waiting["checkpoint"]["checkpoint_ns"].startswith(
+        "publishing:"
+    )
