@@ -176,6 +176,7 @@ RunField = Literal[
     "metadata",
     "kwargs",
     "multitask_strategy",
+    "langsmith_session_name",  # never set here: selecting it selects nothing
 ]
 
 

@@ -82,7 +82,7 @@ async def test_thread_search_and_run_list_return_only_the_selected_fields(
     assert bad.status_code == 422
 
     await sdk.runs.wait(tid, "research", input={"messages": [{"role": "user", "content": "hi"}]})
-    runs = await sdk.runs.list(tid, select=["run_id", "status"])
+    runs = await sdk.runs.list(tid, select=["run_id", "status", "langsmith_session_name"])
     assert len(runs) == 1 and set(runs[0]) == {"run_id", "status"}
     bad = await sdk.http.client.get(f"/threads/{tid}/runs", params={"select": "secret"})
     assert bad.status_code == 422
