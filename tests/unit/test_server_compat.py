@@ -284,3 +284,28 @@ async def test_debug_checkpoint_events_name_their_checkpoints(sdk: LangGraphClie
     assert "state" not in waiting and waiting["checkpoint"]["checkpoint_ns"].startswith(
         "publishing:"
     )
+
+
+# --- Studio, from the browser -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "origin", ["https://smith.langchain.com", "https://eu.smith.langchain.com"]
+)
+async def test_studio_in_either_langsmith_region_may_call_the_api(
+    sdk: LangGraphClient, origin: str
+) -> None:
+    """By default Studio may call the API from LangSmith's US and its EU region (the EU Studio's
+    requests were refused by the browser: no CORS headers for its origin)."""
+    preflight = await sdk.http.client.options(
+        "/assistants/search",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-api-key",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert preflight.headers["access-control-allow-private-network"] == "true"
+    found = await sdk.http.client.post("/assistants/search", json={}, headers={"Origin": origin})
+    assert found.headers["access-control-allow-origin"] == origin
