@@ -5,7 +5,7 @@ client written against that one to work unchanged."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -309,3 +309,21 @@ async def test_studio_in_either_langsmith_region_may_call_the_api(
     assert preflight.headers["access-control-allow-private-network"] == "true"
     found = await sdk.http.client.post("/assistants/search", json={}, headers={"Origin": origin})
     assert found.headers["access-control-allow-origin"] == origin
+
+
+async def test_assistant_writes_are_refused_saying_why(sdk: LangGraphClient) -> None:
+    """Creating, changing or deleting an assistant (Studio's "new assistant", the SDK's
+    assistants.create/update/delete) is a 422 that says assistants are read-only here (it was a
+    404 "Not Found" or a 405)."""
+    from langgraph_sdk.errors import UnprocessableEntityError
+
+    sup = (await sdk.assistants.get("supervisor"))["assistant_id"]
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: sdk.assistants.create("supervisor", name="mine"),
+        lambda: sdk.assistants.update(sup, name="mine"),
+        lambda: sdk.assistants.delete(sup),
+    ]
+    for call in calls:
+        with pytest.raises(UnprocessableEntityError, match="read-only"):
+            await call()
+    assert (await sdk.assistants.get(sup))["name"] == "supervisor"

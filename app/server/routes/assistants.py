@@ -44,6 +44,21 @@ def _matches(
     return all(a["metadata"].get(k) == v for k, v in (metadata or {}).items())
 
 
+READ_ONLY = (
+    "assistants are read-only on this server: one default assistant per graph in langgraph.json "
+    "(pass a run's settings as its `context`)"
+)
+
+
+@router.post("/assistants", include_in_schema=False, status_code=422)
+@router.patch("/assistants/{assistant_id}", include_in_schema=False, status_code=422)
+@router.delete("/assistants/{assistant_id}", include_in_schema=False, status_code=422)
+async def refuse_write(principal: Viewer) -> None:
+    """Studio's "new assistant" and the SDK's assistants.create/update/delete: a 422 saying why
+    (they were a 404 "Not Found" and 405s)."""
+    raise HTTPException(422, READ_ONLY)
+
+
 @router.post("/assistants/search", summary="Search assistants (Studio filters created_by=system)")
 async def search(
     body: AssistantSearch, svc: Svc, principal: Viewer, response: Response
