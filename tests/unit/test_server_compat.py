@@ -327,3 +327,16 @@ async def test_assistant_writes_are_refused_saying_why(sdk: LangGraphClient) -> 
         with pytest.raises(UnprocessableEntityError, match="read-only"):
             await call()
     assert (await sdk.assistants.get(sup))["name"] == "supervisor"
+
+
+async def test_a_metadata_filter_matches_part_of_a_nested_object(sdk: LangGraphClient) -> None:
+    """As langgraph-api filters (Postgres' `@>` on objects): `{"user": {"id": 1}}` finds a thread
+    whose metadata `user` holds more keys; a key the thread lacks never matches, not even with
+    a null value."""
+    await sdk.threads.create(thread_id="t-nested", metadata={"user": {"id": 1, "name": "a"}})
+    await sdk.threads.create(thread_id="t-other", metadata={"user": {"id": 2}})
+    found = await sdk.threads.search(metadata={"user": {"id": 1}})
+    assert [t["thread_id"] for t in found] == ["t-nested"]
+    assert await sdk.threads.count(metadata={"user": {"id": 1}}) == 1
+    assert await sdk.threads.search(metadata={"user": {"id": 1, "name": "b"}}) == []
+    assert await sdk.threads.search(metadata={"team": None}) == []

@@ -11,6 +11,7 @@ from langgraph.pregel import Pregel
 from pydantic import create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
+from app.db import metadata_contains
 from app.server.auth import Principal, require
 from app.server.schemas import (
     AssistantCount,
@@ -41,7 +42,7 @@ def _matches(
         return False
     if name and name.lower() not in a["name"].lower():
         return False
-    return all(a["metadata"].get(k) == v for k, v in (metadata or {}).items())
+    return metadata_contains(a["metadata"], metadata or {})
 
 
 READ_ONLY = (
