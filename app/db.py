@@ -588,8 +588,8 @@ class AppDB:
         sort_by: str = "created_at",
         descending: bool = True,
     ) -> list[dict[str, Any]]:
-        """A tenant's threads; `metadata` matches top-level keys exactly (filtered here, so it
-        works the same on both backends)."""
+        """A tenant's threads; `metadata` matches as langgraph-api's filter does
+        (`metadata_contains`; filtered here, so it works the same on both backends)."""
         where, params = ["tenant = ?"], [tenant]
         if status:
             # `unfinished` (a CLI run stopped mid-way) is `idle` on the wire
@@ -609,7 +609,7 @@ class AppDB:
         matched = [
             row
             for row in map(_thread_row, await self._b.fetchall(sql, params))
-            if all(row["metadata"].get(k) == v for k, v in metadata.items())
+            if metadata_contains(row["metadata"], metadata)
         ]
         return matched[offset : offset + limit]
 
@@ -1490,6 +1490,20 @@ def _loads(value: Any, default: Any) -> Any:
     if value is None or value == "":
         return default
     return json.loads(value) if isinstance(value, str) else value
+
+
+def metadata_contains(stored: dict[str, Any], query: dict[str, Any]) -> bool:
+    """A metadata filter as langgraph-api applies it (Postgres' `@>` on objects): every key of
+    `query` is in `stored` with an equal value, or, for an object, one that contains it."""
+    for key, value in query.items():
+        if key not in stored:
+            return False
+        if isinstance(value, dict) and isinstance(stored[key], dict):
+            if not metadata_contains(stored[key], value):
+                return False
+        elif stored[key] != value:
+            return False
+    return True
 
 
 def _thread_row(row: dict[str, Any]) -> dict[str, Any]:

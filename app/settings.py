@@ -13,6 +13,8 @@ ProviderName = Literal["auto", "openai", "local", "scripted"]
 EmbeddingProviderName = Literal["auto", "wordllama", "openai"]
 SearchMode = Literal["auto", "hybrid", "dense"]
 AGENTS = ("supervisor", "research", "content", "social", "publishing")
+# where LangSmith serves LangGraph Studio: its US and EU regions
+STUDIO_ORIGINS = ("https://smith.langchain.com", "https://eu.smith.langchain.com")
 
 
 def check_agent_names(models: dict[str, str]) -> dict[str, str]:
@@ -196,9 +198,10 @@ class Settings(BaseSettings):
         "processes; unset = in-process memory.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["https://smith.langchain.com"],
+        default_factory=lambda: list(STUDIO_ORIGINS),
         description="Browser origins allowed to call the API (comma separated; LangGraph Studio "
-        "is https://smith.langchain.com); empty = none.",
+        "is https://smith.langchain.com, or https://eu.smith.langchain.com on LangSmith's EU "
+        "region); empty = none.",
     )
     api_key_cache_s: float = Field(
         2.0,

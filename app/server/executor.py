@@ -42,6 +42,7 @@ from app.server.events import EventBatcher, EventLog, RunSignals
 from app.server.registry import Registry
 from app.server.security import retryable
 from app.server.turns import check_turn
+from app.server.views import debug_event
 from app.settings import Settings
 from app.storage import settle_checkpointer
 from graphs.context import MarketingContext
@@ -762,6 +763,8 @@ class Executor:
                     and "updates" not in requested
                 ):
                     continue  # already sent from the updates stream above
+                if mode == "debug":
+                    chunk = debug_event(chunk)
                 await batcher.add(name, chunk)
         except BaseException:
             await batcher.drain()  # what the run streamed before it failed or was cancelled

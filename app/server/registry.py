@@ -1,6 +1,7 @@
 """The served graphs, read from `langgraph.json` (the one list `langgraph dev` also serves), and
-their default assistants: one per graph, id `uuid5(NAMESPACE_URL, graph_id)`, metadata
-`{"created_by": "system"}`; a graph name is accepted wherever an assistant id is."""
+their default assistants: one per graph, with the id langgraph-api gives it (`uuid5` of the graph
+id in langgraph-api's namespace), metadata `{"created_by": "system"}`; a graph name is accepted
+wherever an assistant id is."""
 
 from __future__ import annotations
 
@@ -23,7 +24,18 @@ class GraphConfigError(RuntimeError):
     """langgraph.json is missing or names a graph that cannot be loaded."""
 
 
+# langgraph-api's namespace for the default assistants' ids (`langgraph_api.graph`): a graph's
+# assistant has the same id here as on `langgraph dev`
+NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+
+
 def assistant_id_for(graph_id: str) -> str:
+    return str(uuid.uuid5(NAMESPACE_GRAPH, graph_id))
+
+
+def legacy_assistant_id_for(graph_id: str) -> str:
+    """The id this server gave a graph's assistant before it took langgraph-api's (still
+    accepted: clients and stored runs may name it)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, graph_id))
 
 
@@ -84,7 +96,7 @@ class Registry:
         if assistant_id in self.graphs:
             return assistant_id
         for gid in self.graphs:
-            if assistant_id_for(gid) == assistant_id:
+            if assistant_id in (assistant_id_for(gid), legacy_assistant_id_for(gid)):
                 return gid
         return None
 

@@ -154,6 +154,32 @@ class ThreadPatch(Body):
     ttl: dict[str, Any] | None = None
 
 
+# the fields `select` may name (langgraph-api's lists)
+ThreadField = Literal[
+    "thread_id",
+    "created_at",
+    "updated_at",
+    "state_updated_at",
+    "metadata",
+    "config",
+    "status",
+    "values",
+    "interrupts",
+]
+RunField = Literal[
+    "run_id",
+    "thread_id",
+    "assistant_id",
+    "created_at",
+    "updated_at",
+    "status",
+    "metadata",
+    "kwargs",
+    "multitask_strategy",
+    "langsmith_session_name",  # never set here: selecting it selects nothing
+]
+
+
 class ThreadSearch(Body):
     metadata: dict[str, Any] | None = None
     values: dict[str, Any] | None = None
@@ -161,9 +187,12 @@ class ThreadSearch(Body):
     status: ThreadStatus | None = None
     limit: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
+    # `state_updated_at` sorts as `updated_at` (a thread's row moves with every run's end)
+    sort_by: (
+        Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"] | None
+    ) = None
     sort_order: Literal["asc", "desc"] | None = None
-    select: list[str] | None = None
+    select: list[ThreadField] | None = None
     extract: dict[str, str] | None = None
 
     @model_validator(mode="after")
@@ -224,6 +253,16 @@ class AssistantSearch(Body):
     sort_by: str | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
+
+
+class AssistantVersions(Body):
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class AssistantVersion(Body):
+    version: int
 
 
 class AssistantCount(Body):

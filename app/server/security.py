@@ -58,8 +58,14 @@ log = logging.getLogger(__name__)
 # health checks and scrapers are not rate limited
 RATE_LIMIT_EXEMPT_PATHS = frozenset({"/ok", "/metrics"})
 # response headers a browser client (Studio) may read: the SDK takes the run id from
-# Content-Location and reconnects to Location
-EXPOSED_HEADERS = ["Content-Location", "Location", "Retry-After"]
+# Content-Location and reconnects to Location; searches send pagination headers
+EXPOSED_HEADERS = [
+    "Content-Location",
+    "Location",
+    "Retry-After",
+    "X-Pagination-Total",
+    "X-Pagination-Next",
+]
 MAX_FIELD_ERRORS = 5
 
 

@@ -164,8 +164,13 @@ async def create_run(
         "resolved_context": ctx.model_dump() if ctx is not None else None,
         "created_from": created_from(view, row, fork),
     }
+    # the graph's assistant, by its id (whether the client named it by graph, id or former id)
+    assistant_id = svc.registry.assistant(graph_id)["assistant_id"]
+    # as langgraph-api: the thread's metadata names the graph and assistant of its latest run
+    # (Studio and agent-chat-ui list a graph's threads by searching on them)
+    ran_by = {"graph_id": graph_id, "assistant_id": assistant_id}
     if create_thread:  # only once the request is valid: bad input leaves nothing behind
-        metadata: dict[str, Any] = {"graph_id": graph_id}
+        metadata: dict[str, Any] = dict(ran_by)
         if stateless:
             metadata["stateless"] = True
             metadata["on_completion"] = on_completion
@@ -186,9 +191,7 @@ async def create_run(
             run_id=run_id,
             thread_id=thread_id,
             tenant=principal.tenant,
-            assistant_id=body.assistant_id
-            if svc.registry.resolve(body.assistant_id) != body.assistant_id
-            else svc.registry.assistant(graph_id)["assistant_id"],
+            assistant_id=assistant_id,
             graph_id=graph_id,
             kwargs=kwargs,
             metadata=redact_obj(body.metadata or {}),
@@ -201,6 +204,8 @@ async def create_run(
         )
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
+    if row is not None and any(row["metadata"].get(k) != v for k, v in ran_by.items()):
+        await db.update_thread(thread_id, metadata=ran_by)  # once, unless the assistant changes
     # stored and committed: a stream of this new run may send it without reading it back
     # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
     # the executor's prune once it is old

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
+from fastapi import Response
 from langgraph.types import StateSnapshot
 
 from app.redact import redact
@@ -12,6 +14,16 @@ from app.server.serde import jsonable
 # the CLI marks a thread whose run stopped mid-way `unfinished`; on the wire that is `idle`
 WIRE_THREAD_STATUS = {"unfinished": "idle"}
 WIRE_RUN_STATUS = {"cancelled": "interrupted"}
+
+
+def page_headers(response: Response, offset: int, returned: int, more: bool) -> None:
+    """The pagination headers langgraph-api sends with a search: `X-Pagination-Next` (the offset
+    of the next page, only when there is one; the SDK's `response_format="object"` reads it) and
+    `X-Pagination-Total` (as langgraph-api counts it: the items up to this page, plus one when
+    more follow)."""
+    if more:
+        response.headers["X-Pagination-Next"] = str(offset + returned)
+    response.headers["X-Pagination-Total"] = str(offset + returned + (1 if more else 0))
 
 
 def checkpoint_of(config: Any) -> dict[str, Any] | None:
@@ -26,6 +38,31 @@ def checkpoint_of(config: Any) -> dict[str, Any] | None:
     if conf.get("checkpoint_map"):
         out["checkpoint_map"] = conf["checkpoint_map"]
     return out
+
+
+def debug_event(chunk: Any) -> Any:
+    """A `debug` stream chunk as langgraph-api sends it: a checkpoint's payload also names its
+    checkpoint and parent as `checkpoint`/`parent_checkpoint` objects (what Studio's debug view
+    reads), and a task with a subgraph state names that state's checkpoint as `checkpoint`."""
+    payload = chunk.get("payload") if isinstance(chunk, dict) else None
+    if not isinstance(payload, dict) or chunk.get("type") != "checkpoint":
+        return chunk
+    tasks = []
+    for task in payload.get("tasks") or ():
+        state = task.get("state") if isinstance(task, dict) else None
+        if isinstance(state, dict) and state.get("configurable"):
+            task = {k: v for k, v in task.items() if k != "state"}
+            task["checkpoint"] = state["configurable"]
+        tasks.append(task)
+    return {
+        **chunk,
+        "payload": {
+            **payload,
+            "checkpoint": checkpoint_of(payload.get("config")),
+            "parent_checkpoint": checkpoint_of(payload.get("parent_config")),
+            "tasks": tasks,
+        },
+    }
 
 
 def interrupt_json(i: Any) -> dict[str, Any]:
@@ -78,6 +115,9 @@ def thread_json(row: dict[str, Any], snap: StateSnapshot | None) -> dict[str, An
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
             "metadata": row["metadata"],
+            # when the state last changed: its newest checkpoint (the thread's creation before)
+            "state_updated_at": (snap.created_at if snap is not None else None)
+            or row["created_at"],
             "status": WIRE_THREAD_STATUS.get(row["status"], row["status"]),
             "values": (snap.values if snap is not None else None) or {},
             "interrupts": interrupts,
@@ -92,6 +132,11 @@ _INTERNAL_KWARGS = (
     "usage_base",
     "checked_at",
 )  # the server's own, not the client's
+
+
+def selected(item: dict[str, Any], select: Collection[str] | None) -> dict[str, Any]:
+    """The fields a search's `select` names (all of them without one)."""
+    return {k: v for k, v in item.items() if k in select} if select else item
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,15 +6,22 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from langgraph.pregel import Pregel
 from pydantic import create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
+from app.db import metadata_contains
 from app.server.auth import Principal, require
-from app.server.schemas import AssistantCount, AssistantSearch
+from app.server.schemas import (
+    AssistantCount,
+    AssistantSearch,
+    AssistantVersion,
+    AssistantVersions,
+)
 from app.server.serde import jsonable
 from app.server.services import Services, Svc, not_found
+from app.server.views import page_headers
 
 router = APIRouter(tags=["assistants"])
 log = logging.getLogger("mkt.server")
@@ -35,11 +42,28 @@ def _matches(
         return False
     if name and name.lower() not in a["name"].lower():
         return False
-    return all(a["metadata"].get(k) == v for k, v in (metadata or {}).items())
+    return metadata_contains(a["metadata"], metadata or {})
+
+
+READ_ONLY = (
+    "assistants are read-only on this server: one default assistant per graph in langgraph.json "
+    "(pass a run's settings as its `context`)"
+)
+
+
+@router.post("/assistants", include_in_schema=False, status_code=422)
+@router.patch("/assistants/{assistant_id}", include_in_schema=False, status_code=422)
+@router.delete("/assistants/{assistant_id}", include_in_schema=False, status_code=422)
+async def refuse_write(principal: Viewer) -> None:
+    """Studio's "new assistant" and the SDK's assistants.create/update/delete: a 422 saying why
+    (they were a 404 "Not Found" and 405s)."""
+    raise HTTPException(422, READ_ONLY)
 
 
 @router.post("/assistants/search", summary="Search assistants (Studio filters created_by=system)")
-async def search(body: AssistantSearch, svc: Svc, principal: Viewer) -> list[dict[str, Any]]:
+async def search(
+    body: AssistantSearch, svc: Svc, principal: Viewer, response: Response
+) -> list[dict[str, Any]]:
     found = [
         a for a in svc.registry.assistants() if _matches(a, body.metadata, body.graph_id, body.name)
     ]
@@ -47,6 +71,7 @@ async def search(body: AssistantSearch, svc: Svc, principal: Viewer) -> list[dic
     if sort_by in ("name", "graph_id", "assistant_id"):
         found.sort(key=lambda a: str(a[sort_by]), reverse=body.sort_order == "desc")
     page = found[body.offset : body.offset + body.limit]
+    page_headers(response, body.offset, len(page), more=len(found) > body.offset + body.limit)
     if body.select:
         page = [{k: v for k, v in a.items() if k in body.select} for a in page]
     return page
@@ -62,6 +87,30 @@ async def count(body: AssistantCount, svc: Svc, principal: Viewer) -> int:
 @router.get("/assistants/{assistant_id}", summary="Get an assistant (id or graph name)")
 async def get(assistant_id: str, svc: Svc, principal: Viewer) -> dict[str, Any]:
     return svc.registry.assistant(_graph_id(svc, assistant_id))
+
+
+@router.post("/assistants/{assistant_id}/versions", summary="An assistant's versions (one)")
+async def versions(
+    assistant_id: str, body: AssistantVersions, svc: Svc, principal: Viewer
+) -> list[dict[str, Any]]:
+    """A default assistant has one version, 1 (what Studio's assistant view lists)."""
+    a = svc.registry.assistant(_graph_id(svc, assistant_id))
+    version = {k: v for k, v in a.items() if k != "updated_at"}
+    return (
+        [version][body.offset : body.offset + body.limit]
+        if _matches(a, body.metadata, None, None)
+        else []
+    )
+
+
+@router.post("/assistants/{assistant_id}/latest", summary="Make a version the latest (1 only)")
+async def set_latest(
+    assistant_id: str, body: AssistantVersion, svc: Svc, principal: Viewer
+) -> dict[str, Any]:
+    graph_id = _graph_id(svc, assistant_id)
+    if body.version != 1:
+        raise HTTPException(404, f"assistant {assistant_id!r} has no version {body.version}")
+    return svc.registry.assistant(graph_id)
 
 
 def _xray(value: str | None) -> bool | int:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from app.server.auth import Principal, require
 from app.server.events import parse_last_event_id
-from app.server.schemas import MAX_OFFSET, RunCreate
+from app.server.schemas import MAX_OFFSET, RunCreate, RunField
 from app.server.services import Services, Svc, create_run, graph_of, owned_run, owned_thread
 from app.server.streaming import run_headers, stream_run, wait_response
-from app.server.views import run_json, state_json
+from app.server.views import run_json, selected, state_json
 
 router = APIRouter(tags=["runs"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -65,6 +65,30 @@ async def create_background(
 ) -> JSONResponse:
     run = await create_run(svc, principal, thread_id, body)
     return JSONResponse(run_json(run), headers=run_headers(thread_id, run["run_id"], join="join"))
+
+
+@router.post("/runs", summary="Stateless background run on a new thread")
+async def create_background_stateless(body: RunCreate, svc: Svc, principal: Editor) -> JSONResponse:
+    """Its thread (`metadata.stateless`) is deleted once it is old, unless `on_completion` is
+    `keep`: read the run and its result before then (`STATELESS_THREAD_GRACE_S`)."""
+    run = await create_run(svc, principal, None, body)
+    return JSONResponse(
+        run_json(run), headers=run_headers(run["thread_id"], run["run_id"], join="join")
+    )
+
+
+@router.post("/runs/batch", summary="Stateless background runs, each on a new thread")
+async def create_batch_stateless(
+    body: Annotated[list[RunCreate], Body(min_length=1, max_length=100)],
+    svc: Svc,
+    principal: Editor,
+) -> list[dict[str, Any]]:
+    """Created in order: a run refused (its status and error) stops the batch there; an unknown
+    assistant anywhere refuses it before any is created."""
+    for one in body:
+        if svc.registry.resolve(one.assistant_id) is None:
+            raise HTTPException(404, f"assistant {one.assistant_id!r} not found")
+    return [run_json(await create_run(svc, principal, None, one)) for one in body]
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)")
@@ -119,12 +143,13 @@ async def list_runs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
     | None = None,
+    select: Annotated[list[RunField] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     await owned_thread(svc, principal, thread_id)
     rows = await svc.db.list_runs(
         thread_id, status=status, limit=limit, offset=offset, newest_first=True
     )
-    return [run_json(r) for r in rows]
+    return [selected(run_json(r), select) for r in rows]
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", summary="Get a run")

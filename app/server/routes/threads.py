@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import InvalidUpdateError
 
 from app.server.auth import Principal, require
@@ -23,7 +25,7 @@ from app.server.schemas import (
     ThreadSearch,
 )
 from app.server.services import Services, Svc, graph_of, owned_thread
-from app.server.views import checkpoint_of, state_json, thread_json
+from app.server.views import checkpoint_of, page_headers, selected, state_json, thread_json
 
 router = APIRouter(tags=["threads"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -39,9 +41,17 @@ def _config(thread_id: str, checkpoint: CheckpointBody | None = None) -> Runnabl
     return {"configurable": conf}
 
 
-async def _thread_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
+# the fields of a thread that come from its state (the others are its row's)
+_STATE_FIELDS = {"values", "interrupts", "state_updated_at"}
+
+
+async def _thread_out(
+    svc: Services, row: dict[str, Any], select: Collection[str] | None = None
+) -> dict[str, Any]:
+    if select and not _STATE_FIELDS & set(select):  # the state is not read
+        return selected(thread_json(row, None), select)
     snap = await graph_of(svc, row).aget_state(_config(row["thread_id"]))
-    return thread_json(row, snap)
+    return selected(thread_json(row, snap), select)
 
 
 @router.post("/threads", summary="Create a thread")
@@ -66,18 +76,23 @@ async def create_thread(body: ThreadCreate, svc: Svc, principal: Editor) -> dict
 
 
 @router.post("/threads/search", summary="Search threads (metadata, status, ids)")
-async def search_threads(body: ThreadSearch, svc: Svc, principal: Viewer) -> list[dict[str, Any]]:
+async def search_threads(
+    body: ThreadSearch, svc: Svc, principal: Viewer, response: Response
+) -> list[dict[str, Any]]:
     rows = await svc.db.search_threads(
         principal.tenant,
         status=body.status,
         metadata=body.metadata,
         ids=body.ids,
-        limit=body.limit,
+        limit=body.limit + 1,  # one more: is there a next page
         offset=body.offset,
-        sort_by=body.sort_by or "created_at",
+        sort_by="updated_at"
+        if body.sort_by == "state_updated_at"
+        else body.sort_by or "created_at",
         descending=(body.sort_order or "desc") == "desc",
     )
-    return [await _thread_out(svc, row) for row in rows]
+    page_headers(response, body.offset, min(len(rows), body.limit), more=len(rows) > body.limit)
+    return [await _thread_out(svc, row, body.select) for row in rows[: body.limit]]
 
 
 @router.post("/threads/count", summary="Count threads")
@@ -114,6 +129,53 @@ async def delete_thread(thread_id: str, svc: Svc, principal: Editor) -> Response
         await svc.executor.wait_until_done(run["run_id"], within_s=30)
     await svc.executor.erase_thread(thread_id)
     return Response(status_code=204)
+
+
+STATELESS_KEYS = ("stateless", "on_completion")  # set on the thread of a stateless run
+
+
+async def copy_checkpoints(
+    checkpointer: BaseCheckpointSaver[Any], source: str, target: str
+) -> None:
+    """Every checkpoint of `source` (all namespaces: subgraphs too) and the writes pending on it,
+    under `target`, oldest first so each one's parent is there before it."""
+    found = [t async for t in checkpointer.alist({"configurable": {"thread_id": source}})]
+    for t in sorted(found, key=lambda t: t.config["configurable"]["checkpoint_id"]):
+        parent = (t.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        conf = {"thread_id": target, "checkpoint_ns": t.config["configurable"]["checkpoint_ns"]}
+        saved = await checkpointer.aput(
+            {"configurable": {**conf, "checkpoint_id": parent}},
+            t.checkpoint,
+            t.metadata,
+            t.checkpoint["channel_versions"],
+        )
+        by_task: dict[str, list[tuple[str, Any]]] = {}
+        for task_id, channel, value in t.pending_writes or ():
+            by_task.setdefault(task_id, []).append((channel, value))
+        for task_id, writes in by_task.items():
+            await checkpointer.aput_writes(saved, writes, task_id)
+
+
+@router.post("/threads/{thread_id}/copy", summary="Copy a thread: its state and history")
+async def copy_thread(thread_id: str, svc: Svc, principal: Editor) -> dict[str, Any]:
+    """A new thread with the source's checkpoints (its state, history and any pending approval),
+    metadata and saved run context; its runs and their events are not copied."""
+    row = await owned_thread(svc, principal, thread_id)
+    new_id = str(uuid.uuid4())
+    await copy_checkpoints(svc.registry.checkpointer, thread_id, new_id)
+    graph = graph_of(svc, row)
+    snap = await graph.aget_state(_config(new_id))
+    copied, _ = await svc.db.create_thread(
+        new_id,
+        tenant=principal.tenant,
+        # not a stateless run's thread (those are deleted once old), whatever the source was
+        metadata={k: v for k, v in row["metadata"].items() if k not in STATELESS_KEYS},
+        graph_id=row["graph_id"] or "supervisor",
+        status=thread_status_of(snap) if snap.config else "idle",
+    )
+    if row.get("context"):
+        await svc.db.update_thread(new_id, context=row["context"])
+    return thread_json(copied, snap)
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -199,7 +261,13 @@ async def update_state(
     snap = await graph.aget_state(_config(thread_id))
     # a run that started meanwhile owns the status (busy, then what it ends with)
     await svc.db.settle_thread_status(thread_id, thread_status_of(snap))
-    return {"checkpoint": checkpoint_of(config)}
+    head = checkpoint_of(config)
+    # `configurable` and `checkpoint_id`: what langgraph-api still sends for older clients
+    return {
+        "checkpoint": head,
+        "configurable": head,
+        "checkpoint_id": head["checkpoint_id"] if head else None,
+    }
 
 
 # --- history ----------------------------------------------------------------------------------

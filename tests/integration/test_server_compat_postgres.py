@@ -1,0 +1,38 @@
+"""The SDK-compatibility checks whose storage matters, on Postgres (`AsyncPostgresSaver` keeps
+channel values apart from checkpoints): in-process app, scripted model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from pydantic import SecretStr
+
+from app.server.app import create_app
+from app.settings import Settings
+from app.storage import migrate
+from tests.unit.test_server_compat import check_thread_copy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pg_sdk(pg_dsn: str, tmp_path: Path) -> AsyncIterator[LangGraphClient]:
+    s = Settings(
+        model_provider="scripted", data_dir=tmp_path / "data", database_url=SecretStr(pg_dsn)
+    )
+    await migrate(s)
+    app = create_app(s, workers=0)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield LangGraphClient(http)
+
+
+async def test_a_copied_thread_has_the_state_history_and_pending_approval(
+    pg_sdk: LangGraphClient,
+) -> None:
+    await check_thread_copy(pg_sdk)
