@@ -622,13 +622,9 @@ class AppDB:
         graph_id: str | None = None,
         context: dict[str, Any] | None = None,
     ) -> None:
-        """Merge `metadata` keys, set status / graph / saved context."""
+        """Merge `metadata` keys (top-level keys replaced whole, as langgraph-api's `||` does)
+        under the row's lock, set status / graph / saved context."""
         sets, params = ["updated_at = ?"], [iso_us(utcnow())]
-        if metadata is not None:
-            row = await self.get_thread(thread_id)
-            merged = {**(row["metadata"] if row else {}), **metadata}
-            sets.append("metadata = ?")
-            params.append(json.dumps(merged))
         if status is not None:
             sets.append("status = ?")
             params.append(status)
@@ -638,9 +634,21 @@ class AppDB:
         if context is not None:
             sets.append("context = ?")
             params.append(json.dumps(context))
-        await self._b.execute(
-            f"UPDATE threads SET {', '.join(sets)} WHERE thread_id = ?", (*params, thread_id)
-        )
+        sql = f"UPDATE threads SET {', '.join(sets)} WHERE thread_id = ?"
+        if metadata is None:
+            await self._b.execute(sql, (*params, thread_id))
+            return
+        lock = "" if self.dialect == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE
+        async with self._b.transaction() as tx:
+            rows = await tx.fetchall(
+                f"SELECT metadata FROM threads WHERE thread_id = ?{lock}", (thread_id,)
+            )
+            if rows:
+                merged = {**_loads(rows[0]["metadata"], {}), **metadata}
+                await tx.execute(
+                    sql.replace(" WHERE", ", metadata = ? WHERE"),
+                    (*params, json.dumps(merged), thread_id),
+                )
 
     async def delete_thread(self, thread_id: str) -> None:
         async with self._b.transaction() as tx:
@@ -739,18 +747,20 @@ class AppDB:
         multitask_strategy: str,
         events: Sequence[tuple[str, str]] = (),
         thread_context: dict[str, Any] | None = None,
+        thread_metadata: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Queue a run as `pending`; returns (run, active runs it found on the thread). With
         `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
         and the insert are one transaction holding the thread row (Postgres `FOR UPDATE`; SQLite
         `BEGIN IMMEDIATE`), so two requests cannot both pass the check. `events` (the run's first
-        stream events; their ids are returned as the run's `event_ids`) and `thread_context`
-        (saved for later runs) are written in the same transaction, before any worker can see
-        the run; Postgres wakes the workers at commit. `enqueue` on Postgres needs no check: one
-        statement, and no active runs are returned."""
+        stream events; their ids are returned as the run's `event_ids`), `thread_context` (saved
+        for later runs) and `thread_metadata` (keys merged into the thread's metadata) are
+        written in the same transaction, before any worker can see the run; Postgres wakes the
+        workers at commit. `enqueue` on Postgres needs no check: one statement (unless it has
+        metadata to merge), and no active runs are returned."""
         lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
         now = iso_us(utcnow())
-        if multitask_strategy == "enqueue" and self.dialect == "postgres":
+        if multitask_strategy == "enqueue" and self.dialect == "postgres" and not thread_metadata:
             # nothing to check and no active run to act on: one statement, no transaction
             run = await self._enqueue_statement(
                 run_id,
@@ -766,8 +776,8 @@ class AppDB:
             )
             return run, []
         async with self._b.transaction() as tx:
-            await tx.fetchall(
-                f"SELECT thread_id FROM threads WHERE thread_id = ?{lock}", (thread_id,)
+            held = await tx.fetchall(
+                f"SELECT metadata FROM threads WHERE thread_id = ?{lock}", (thread_id,)
             )
             active = await tx.fetchall(
                 f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ? AND status IN ('pending', 'running')"
@@ -800,10 +810,17 @@ class AppDB:
             if events:
                 added = await tx.fetchall(*self._append_sql(run_id, events, None, now))
                 event_ids = sorted(int(r["id"]) for r in added)
+            sets, values = [], []
             if thread_context is not None:
+                sets.append("context = ?")
+                values.append(json.dumps(thread_context))
+            if thread_metadata and held:  # merged with what the held row has
+                sets.append("metadata = ?")
+                values.append(json.dumps({**_loads(held[0]["metadata"], {}), **thread_metadata}))
+            if sets:
                 await tx.execute(
-                    "UPDATE threads SET context = ?, updated_at = ? WHERE thread_id = ?",
-                    (json.dumps(thread_context), now, thread_id),
+                    f"UPDATE threads SET {', '.join(sets)}, updated_at = ? WHERE thread_id = ?",
+                    (*values, now, thread_id),
                 )
         return {**_run_row(rows[0]), "event_ids": event_ids}, [_run_row(r) for r in active]
 

@@ -201,11 +201,13 @@ async def create_run(
             events=[first_event],
             # later runs on the thread reuse the context it was given
             thread_context=ctx.model_dump() if ctx is not None and body.context else None,
+            # once per thread (unless its assistant changes), with the run, under its lock
+            thread_metadata=ran_by
+            if row is not None and any(row["metadata"].get(k) != v for k, v in ran_by.items())
+            else None,
         )
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
-    if row is not None and any(row["metadata"].get(k) != v for k, v in ran_by.items()):
-        await db.update_thread(thread_id, metadata=ran_by)  # once, unless the assistant changes
     # stored and committed: a stream of this new run may send it without reading it back
     # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
     # the executor's prune once it is old

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from app.server.app import create_app
 from app.settings import Settings
 from app.storage import migrate
-from tests.unit.test_server_compat import check_thread_copy
+from tests.unit.test_server_compat import check_run_metadata, check_thread_copy
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +36,10 @@ async def test_a_copied_thread_has_the_state_history_and_pending_approval(
     pg_sdk: LangGraphClient,
 ) -> None:
     await check_thread_copy(pg_sdk)
+
+
+@pytest.mark.parametrize("multitask_strategy", ["enqueue", "reject"])
+async def test_a_run_names_its_graph_and_assistant_in_the_threads_metadata(
+    pg_sdk: LangGraphClient, multitask_strategy: str
+) -> None:
+    await check_run_metadata(pg_sdk, multitask_strategy)

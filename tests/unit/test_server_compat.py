@@ -141,11 +141,16 @@ async def test_a_run_names_its_graph_and_assistant_in_the_threads_metadata(
     """As langgraph-api: a run puts `graph_id` and `assistant_id` into its thread's metadata
     (the latest run's), so a search on them — how Studio and agent-chat-ui list a graph's threads —
     finds a thread created without them. A thread created by the run has them too."""
+    await check_run_metadata(sdk, "reject")
+
+
+async def check_run_metadata(sdk: LangGraphClient, multitask_strategy: str) -> None:
+    """(Also on Postgres, where `enqueue` is one statement unless there is metadata to merge.)"""
     research = (await sdk.assistants.get("research"))["assistant_id"]
     content = (await sdk.assistants.get("content"))["assistant_id"]
     (tid,) = await _threads(sdk, 1, team="a")
     hi = {"messages": [{"role": "user", "content": "hi"}]}
-    await sdk.runs.wait(tid, "research", input=hi)
+    await sdk.runs.wait(tid, "research", input=hi, multitask_strategy=multitask_strategy)  # type: ignore[arg-type]
     assert (await sdk.threads.get(tid))["metadata"] == {
         "team": "a",
         "graph_id": "research",
