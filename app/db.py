@@ -748,6 +748,7 @@ class AppDB:
         events: Sequence[tuple[str, str]] = (),
         thread_context: dict[str, Any] | None = None,
         thread_metadata: dict[str, Any] | None = None,
+        metadata_read: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Queue a run as `pending`; returns (run, active runs it found on the thread). With
         `reject` and an active run nothing is written and `ThreadBusyError` is raised. The check
@@ -756,11 +757,13 @@ class AppDB:
         stream events; their ids are returned as the run's `event_ids`), `thread_context` (saved
         for later runs) and `thread_metadata` (keys merged into the thread's metadata) are
         written in the same transaction, before any worker can see the run; Postgres wakes the
-        workers at commit. `enqueue` on Postgres needs no check: one statement (unless it has
-        metadata to merge), and no active runs are returned."""
+        workers at commit. `enqueue` on Postgres needs no check: one statement, and no active
+        runs are returned; there `thread_metadata` is merged into `metadata_read` (the thread's
+        metadata as the caller read it) and written only if the thread still has that metadata
+        (a PATCH in between wins; the thread's next run merges it then)."""
         lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
         now = iso_us(utcnow())
-        if multitask_strategy == "enqueue" and self.dialect == "postgres" and not thread_metadata:
+        if multitask_strategy == "enqueue" and self.dialect == "postgres":
             # nothing to check and no active run to act on: one statement, no transaction
             run = await self._enqueue_statement(
                 run_id,
@@ -773,6 +776,7 @@ class AppDB:
                 now,
                 events,
                 thread_context,
+                (metadata_read or {}, thread_metadata) if thread_metadata else None,
             )
             return run, []
         async with self._b.transaction() as tx:
@@ -836,6 +840,7 @@ class AppDB:
         now: str,
         events: Sequence[tuple[str, str]],
         thread_context: dict[str, Any] | None,
+        thread_metadata: tuple[dict[str, Any], dict[str, Any]] | None,
     ) -> dict[str, Any]:
         """Postgres, `enqueue`: the run, its first events and the thread's context in one
         statement (atomic; the workers are woken at commit)."""
@@ -867,6 +872,13 @@ class AppDB:
                 " WHERE thread_id = ?)"
             )
             params += [json.dumps(thread_context), now, thread_id]
+        if thread_metadata is not None:  # compare-and-set on the text this class writes
+            read, merge = thread_metadata
+            also += (
+                ", saved_metadata AS (UPDATE threads SET metadata = ?, updated_at = ?"
+                " WHERE thread_id = ? AND metadata = ?)"
+            )
+            params += [json.dumps({**read, **merge}), now, thread_id, json.dumps(read)]
         rows = await self._b.fetchall(
             self._notifying(
                 "INSERT INTO runs (run_id, thread_id, tenant, assistant_id, graph_id, status,"

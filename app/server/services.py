@@ -205,6 +205,7 @@ async def create_run(
             thread_metadata=ran_by
             if row is not None and any(row["metadata"].get(k) != v for k, v in ran_by.items())
             else None,
+            metadata_read=row["metadata"] if row is not None else None,
         )
     except ThreadBusyError:
         raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
