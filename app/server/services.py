@@ -101,9 +101,13 @@ async def create_run(
     principal: Principal,
     thread_id: str | None,
     body: RunCreate,
+    *,
+    interrupt_id: str | None = None,
 ) -> dict[str, Any]:
     """Validate and queue a run (the executor picks it up). `thread_id=None` is a stateless run
-    on a new thread of its own."""
+    on a new thread of its own. A resume with `interrupt_id` answers that approval only: when
+    another one is pending (that one was answered) it is refused, at creation and again when a
+    queued run starts (`app.server.turns.check_turn`)."""
     if not svc.executor.accepting:
         raise HTTPException(503, "the server is shutting down: retry against the next one")
     graph_id = svc.registry.resolve(body.assistant_id)
@@ -140,6 +144,8 @@ async def create_run(
         saved = row["context"] if row else {}
         ctx = await svc.runner.context_for(thread_id, body.context, saved)  # 422 names the field
     command = body.command.model_dump(exclude_unset=True) if body.command else None
+    if command is not None and interrupt_id is not None:
+        command["interrupt_id"] = interrupt_id  # (the executor builds its Command from the rest)
     check_turn(view, body.input, command, ctx)  # and again if it waits behind another run
     if body.input is None and body.command is None and not view.exists:
         raise HTTPException(

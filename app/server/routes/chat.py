@@ -127,5 +127,6 @@ async def approve(
             context=body.context,
             multitask_strategy="reject",
         ),
+        interrupt_id=body.interrupt_id,
     )
     return _stream(svc, run)

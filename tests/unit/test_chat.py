@@ -1,0 +1,101 @@
+"""The plain SSE chat endpoint (`/chat`) in-process (ASGI, SQLite, scripted model): the events the
+README documents, approvals (a repeated answer never answers the next item), reconnection with
+`Last-Event-ID`, tenants and roles."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.server.app import create_app
+from app.settings import Settings
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
+from tests.unit.test_server_api import sse_events
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app
+
+
+async def chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    r = await client.post(url, json=body)
+    assert r.status_code == 200, r.text
+    return sse_events(r.text)
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in events if e["event"] == kind]
+
+
+async def outbox(app: Any) -> list[Any]:
+    return list(await app.state.services.db.list_outbox())
+
+
+async def test_a_repeated_approval_answer_never_answers_the_next_item(api: Any) -> None:
+    """The campaign asks for approval of one item after another. An answer that names the
+    approval it answers (`interrupt_id`, from the `approval` event) is refused with 409 once
+    that approval was answered, and the next item still waits: a retried "accept" must not
+    schedule an item nobody has seen."""
+    client, app = api
+    events = await chat(client, "/chat", {"message": CAMPAIGN, "thread_id": "camp"})
+    first = of_type(events, "approval")[0]["interrupt_id"]
+    answer = {"answer": {"type": "accept"}, "interrupt_id": first}
+    events = await chat(client, "/chat/camp/approval", answer)
+    assert of_type(events, "end")[0]["status"] == "interrupted"
+    second = of_type(events, "approval")[0]["interrupt_id"]
+    assert second != first
+
+    again = await client.post("/chat/camp/approval", json=answer)
+    assert again.status_code == 409, again.text
+    assert "already answered" in again.json()["detail"] and second in again.json()["detail"]
+    state = (await client.get("/threads/camp/state")).json()
+    assert [i["id"] for i in state["interrupts"]] == [second]
+
+    asked = [first, second]  # every approval answered once, each by its id
+    while of_type(events, "end")[0]["status"] == "interrupted":
+        pending = of_type(events, "approval")[0]["interrupt_id"]
+        events = await chat(
+            client, "/chat/camp/approval", {"answer": {"type": "accept"}, "interrupt_id": pending}
+        )
+        asked += [a["interrupt_id"] for a in of_type(events, "approval")]
+    assert of_type(events, "end")[0]["status"] == "success"
+    assert len(await outbox(app)) == len(set(asked)) == len(asked)
+
+
+async def test_an_interrupt_id_of_no_approval_is_refused(api: Any) -> None:
+    client, _ = api
+    await chat(client, "/chat", {"message": PUBLISH_REQUEST, "thread_id": "one"})
+    r = await client.post(
+        "/chat/one/approval", json={"answer": {"type": "accept"}, "interrupt_id": "nope"}
+    )
+    assert r.status_code == 409 and "already answered" in r.json()["detail"]
+    r = await client.post(
+        "/chat/one/approval", json={"answer": {"type": "accept"}, "interrupt_id": 5}
+    )
+    assert r.status_code == 422 and "body.interrupt_id" in r.json()["detail"]
+
+
+def test_a_queued_answer_is_checked_against_the_approval_pending_when_it_starts() -> None:
+    """The executor checks a queued run again when it starts (`check_turn`): the interrupt id
+    the chat answer carries is part of that check."""
+    from app.errors import StaleApprovalError
+    from app.runner import ThreadView
+    from app.server.turns import check_turn
+    from graphs.context import MarketingContext
+
+    view = ThreadView(
+        "t", True, "interrupted", interrupts=[{"id": "b", "value": [{"question": "?"}]}]
+    )
+    check_turn(view, None, {"resume": {"type": "accept"}, "interrupt_id": "b"}, MarketingContext())
+    with pytest.raises(StaleApprovalError, match="'a' on thread 't' was already answered"):
+        check_turn(
+            view, None, {"resume": {"type": "accept"}, "interrupt_id": "a"}, MarketingContext()
+        )
