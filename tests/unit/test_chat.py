@@ -13,7 +13,7 @@ import pytest
 from app.server.app import create_app
 from app.settings import Settings
 from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
-from tests.unit.test_server_api import sse_events
+from tests.unit.test_server_api import as_principal, sse_events
 
 
 @pytest.fixture
@@ -99,3 +99,52 @@ def test_a_queued_answer_is_checked_against_the_approval_pending_when_it_starts(
         check_turn(
             view, None, {"resume": {"type": "accept"}, "interrupt_id": "a"}, MarketingContext()
         )
+
+
+async def test_a_dropped_chat_stream_resumes_from_last_event_id(api: Any) -> None:
+    """`GET /chat/{thread_id}/stream` (the `Location` of every chat stream) replays the events
+    after `Last-Event-ID` — exactly the ones the dropped stream had still to send — then the
+    `final` text and `end`; without the header, all of them."""
+    client, _ = api
+    r = await client.post("/chat", json={"message": PUBLISH_REQUEST, "thread_id": "drop"})
+    assert r.status_code == 200
+    run_id = of_type(sse_events(r.text), "run")[0]["run_id"]
+    assert r.headers["location"] == f"/chat/drop/stream?run_id={run_id}"
+    answer = of_type(sse_events(r.text), "approval")[0]["interrupt_id"]
+    r = await client.post(
+        "/chat/drop/approval", json={"answer": {"type": "accept"}, "interrupt_id": answer}
+    )
+    original = sse_events(r.text)
+    with_ids = [e for e in original if e.get("id")]
+    assert len(with_ids) > 4 and of_type(original, "final")[0]["text"]
+
+    cut = with_ids[len(with_ids) // 2]["id"]  # the last event the client saw
+    again = await client.get(r.headers["location"], headers={"Last-Event-ID": cut})
+    assert again.status_code == 200 and again.headers["location"] == r.headers["location"]
+    resumed = sse_events(again.text)
+    assert resumed[0]["event"] == "run"  # which run this is (no id: it moves no cursor)
+    expected = [e for e in original if e.get("id") and int(e["id"]) > int(cut)]
+    assert [e for e in resumed if e.get("id")] == expected
+    assert [e["data"] for e in resumed if not e.get("id")] == [
+        e["data"] for e in original if not e.get("id")
+    ]  # run, final, end
+
+    latest = await client.get("/chat/drop/stream")  # the thread's latest run, from the start
+    assert sse_events(latest.text) == original
+
+
+async def test_chat_stream_tenants_roles_and_unknown_ids(api: Any) -> None:
+    client, app = api
+    r = await client.post("/chat", json={"message": PUBLISH_REQUEST, "thread_id": "mine"})
+    run_id = of_type(sse_events(r.text), "run")[0]["run_id"]
+    await client.post("/threads", json={"thread_id": "empty"})
+    for url in ("/chat/nope/stream", "/chat/mine/stream?run_id=nope", "/chat/empty/stream"):
+        assert (await client.get(url)).status_code == 404, url
+    as_principal(app, "default", "viewer")  # reading a stream is a viewer's right
+    assert (await client.get(f"/chat/mine/stream?run_id={run_id}")).status_code == 200
+    as_principal(app, "other", "admin")
+    for url in ("/chat/mine/stream", f"/chat/mine/stream?run_id={run_id}"):
+        r = await client.get(url)
+        assert r.status_code == 404 and "not found" in r.json()["detail"], url
+    r = await client.post("/chat/mine/approval", json={"answer": {"type": "accept"}})
+    assert r.status_code == 404

@@ -10,20 +10,21 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from langchain_core.messages import AIMessage
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.runner import progress_events
 from app.server import metrics
 from app.server.auth import Principal, require
-from app.server.events import follow
+from app.server.events import follow, parse_last_event_id
 from app.server.schemas import ChatApproval, ChatMessage, CommandBody, RunCreate
-from app.server.services import Services, Svc, create_run, graph_of, owned_thread
+from app.server.services import Services, Svc, create_run, graph_of, owned_run, owned_thread
 from app.server.streaming import run_headers
 
 router = APIRouter(tags=["chat"])
 Editor = Annotated[Principal, Depends(require("editor"))]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
 CHAT_MODES: list[Any] = ["tasks", "messages-tuple", "updates"]
 
 
@@ -42,7 +43,13 @@ def _chat_events(event: str, data: Any) -> list[dict[str, Any]]:
     return progress_events(event, data)
 
 
-def _stream(svc: Services, run: dict[str, Any]) -> EventSourceResponse:
+def chat_stream_url(thread_id: str, run_id: str) -> str:
+    return f"/chat/{thread_id}/stream?run_id={run_id}"
+
+
+def _stream(svc: Services, run: dict[str, Any], after: int = 0) -> EventSourceResponse:
+    """The run's chat events with an id past `after` (`Last-Event-ID`), live until it ends,
+    then its `final` text (when it succeeded) and `end`."""
     run_id, thread_id = run["run_id"], run["thread_id"]
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -52,7 +59,7 @@ def _stream(svc: Services, run: dict[str, Any]) -> EventSourceResponse:
                 data=json.dumps({"type": "run", "thread_id": thread_id, "run_id": run_id}),
                 event="run",
             )
-            async for ev in follow(svc.db, svc.executor.signals, run_id):
+            async for ev in follow(svc.db, svc.executor.signals, run_id, after=after):
                 for out in _chat_events(ev.event, json.loads(ev.data)):
                     yield ServerSentEvent(data=json.dumps(out), event=out["type"], id=str(ev.id))
             final = await svc.db.get_run(run_id)
@@ -82,6 +89,7 @@ def _stream(svc: Services, run: dict[str, Any]) -> EventSourceResponse:
         events(),
         headers={
             **run_headers(thread_id, run_id),
+            "Location": chat_stream_url(thread_id, run_id),  # where a dropped chat reconnects
             "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",
         },
@@ -130,3 +138,30 @@ async def approve(
         interrupt_id=body.interrupt_id,
     )
     return _stream(svc, run)
+
+
+@router.get(
+    "/chat/{thread_id}/stream",
+    summary="Reconnect to a chat stream: replay after Last-Event-ID, then live",
+)
+async def rejoin(
+    thread_id: str,
+    svc: Svc,
+    principal: Viewer,
+    run_id: Annotated[
+        str | None, Query(description="The run (default: the thread's latest).")
+    ] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """The chat stream of the thread's latest run (or `run_id`): the events after
+    `Last-Event-ID` (all without it), live until the run ends, then `final` and `end` — what a
+    dropped `POST /chat` or approval stream had still to send."""
+    if run_id is not None:
+        run = await owned_run(svc, principal, thread_id, run_id)
+    else:
+        await owned_thread(svc, principal, thread_id)
+        runs = await svc.db.list_runs(thread_id, limit=1, newest_first=True)
+        if not runs:
+            raise HTTPException(404, f"thread {thread_id!r} has no run to stream")
+        run = runs[0]
+    return _stream(svc, run, after=parse_last_event_id(last_event_id))
