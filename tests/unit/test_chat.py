@@ -148,3 +148,26 @@ async def test_chat_stream_tenants_roles_and_unknown_ids(api: Any) -> None:
         assert r.status_code == 404 and "not found" in r.json()["detail"], url
     r = await client.post("/chat/mine/approval", json={"answer": {"type": "accept"}})
     assert r.status_code == 404
+
+
+async def test_final_is_the_runs_own_answer_on_a_later_reconnect(api: Any) -> None:
+    """`final` is the answer the run produced (from its own events), not the thread's newest
+    message: reconnecting to an earlier run after a later one answered gives the earlier text,
+    and so does a reconnect after its tokens were sent."""
+    client, _ = api
+    first = await chat(
+        client, "/chat", {"message": "Write a blog post about TerraRun", "thread_id": "f"}
+    )
+    run_id = of_type(first, "run")[0]["run_id"]
+    text = of_type(first, "final")[0]["text"]
+    later = await chat(
+        client, "/chat", {"message": "Write an email about TerraRun", "thread_id": "f"}
+    )
+    assert of_type(later, "final")[0]["text"] != text
+    last_id = [e["id"] for e in first if e.get("id")][-1]
+    for headers in ({}, {"Last-Event-ID": last_id}):
+        again = sse_events(
+            (await client.get(f"/chat/f/stream?run_id={run_id}", headers=headers)).text
+        )
+        assert of_type(again, "final") == [{"type": "final", "text": text}]
+        assert of_type(again, "end")[0]["status"] == "success"

@@ -43,6 +43,17 @@ def _chat_events(event: str, data: Any) -> list[dict[str, Any]]:
     return progress_events(event, data)
 
 
+def _answer_text(data: Any) -> str | None:
+    """The answer an `updates` event of the supervisor's `answer` node carries (None for others):
+    the run's own answer, whatever later runs add to the thread."""
+    update = data.get("answer") if isinstance(data, dict) else None
+    messages = update.get("messages") if isinstance(update, dict) else None
+    if not isinstance(messages, list):
+        return None
+    texts = [m.get("content") for m in messages if isinstance(m, dict) and m.get("type") == "ai"]
+    return str(texts[-1]) if texts else None
+
+
 def chat_stream_url(thread_id: str, run_id: str) -> str:
     return f"/chat/{thread_id}/stream?run_id={run_id}"
 
@@ -59,12 +70,23 @@ def _stream(svc: Services, run: dict[str, Any], after: int = 0) -> EventSourceRe
                 data=json.dumps({"type": "run", "thread_id": thread_id, "run_id": run_id}),
                 event="run",
             )
-            async for ev in follow(svc.db, svc.executor.signals, run_id, after=after):
-                for out in _chat_events(ev.event, json.loads(ev.data)):
+            answer: str | None = None
+            # from the first event: the answer may be before `after` (sent, `final` was not)
+            async for ev in follow(svc.db, svc.executor.signals, run_id):
+                data = json.loads(ev.data)
+                if ev.event == "updates":
+                    answer = _answer_text(data) or answer
+                if ev.id <= after:
+                    continue
+                for out in _chat_events(ev.event, data):
                     yield ServerSentEvent(data=json.dumps(out), event=out["type"], id=str(ev.id))
             final = await svc.db.get_run(run_id)
             status = final["status"] if final else "deleted"
-            if status == "success":
+            if status == "success" and answer is not None:
+                yield ServerSentEvent(
+                    data=json.dumps({"type": "final", "text": answer}), event="final"
+                )
+            elif status == "success":  # its events were pruned (EVENT_RETENTION_HOURS)
                 row = await svc.db.get_thread(thread_id)
                 snap = await graph_of(svc, row or {}).aget_state(
                     {"configurable": {"thread_id": thread_id}}
