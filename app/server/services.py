@@ -30,6 +30,14 @@ BUSY_DETAIL = (
 )
 
 
+class ThreadBusy(HTTPException):
+    """409: `multitask_strategy` 'reject' and the thread has a run in progress."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(409, BUSY_DETAIL.format(tid=thread_id))
+        self.thread_id = thread_id
+
+
 @dataclass
 class Services:
     runner: Runner
@@ -206,7 +214,7 @@ async def create_run(
             thread_context=ctx.model_dump() if ctx is not None and body.context else None,
         )
     except ThreadBusyError:
-        raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
+        raise ThreadBusy(thread_id) from None
     # stored and committed: a stream of this new run may send it without reading it back
     # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
     # the executor's prune once it is old

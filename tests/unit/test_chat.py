@@ -171,3 +171,30 @@ async def test_final_is_the_runs_own_answer_on_a_later_reconnect(api: Any) -> No
         )
         assert of_type(again, "final") == [{"type": "final", "text": text}]
         assert of_type(again, "end")[0]["status"] == "success"
+
+
+async def test_conflicts_tell_a_chat_client_what_it_can_do(settings: Settings) -> None:
+    """The 409s name the chat endpoint's own remedies: a run in progress -> follow it with
+    GET /chat/{id}/stream (a chat body has no `multitask_strategy`, which the SDK routes' message
+    suggested); a pending approval -> POST /chat/{id}/approval (not `mkt chat`)."""
+    app = create_app(settings.model_copy(update={"scripted_latency_ms": 300}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.post("/threads", json={"thread_id": "busy"})
+            r = await client.post(
+                "/threads/busy/runs",
+                json={"assistant_id": "supervisor", "input": {"messages": [PUBLISH_REQUEST]}},
+            )
+            assert r.status_code == 200, r.text
+            for url, body in (
+                ("/chat", {"message": "hello", "thread_id": "busy"}),
+                ("/chat/busy/approval", {"answer": {"type": "accept"}}),
+            ):
+                r = await client.post(url, json=body)
+                assert r.status_code == 409, r.text
+                detail = r.json()["detail"]
+                assert "GET /chat/busy/stream" in detail and "multitask_strategy" not in detail
+            await client.get("/chat/busy/stream")  # to its end: waiting for the approval
+            r = await client.post("/chat", json={"message": "hello", "thread_id": "busy"})
+            assert r.status_code == 409 and "POST /chat/busy/approval" in r.json()["detail"]

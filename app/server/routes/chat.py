@@ -8,18 +8,28 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from langchain_core.messages import AIMessage
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.errors import PendingApprovalError
 from app.runner import progress_events
 from app.server import metrics
 from app.server.auth import Principal, require
 from app.server.events import follow, parse_last_event_id
 from app.server.schemas import ChatApproval, ChatMessage, CommandBody, RunCreate
-from app.server.services import Services, Svc, create_run, graph_of, owned_run, owned_thread
+from app.server.services import (
+    Services,
+    Svc,
+    ThreadBusy,
+    create_run,
+    graph_of,
+    owned_run,
+    owned_thread,
+)
 from app.server.streaming import run_headers
 
 router = APIRouter(tags=["chat"])
@@ -120,21 +130,44 @@ def _stream(svc: Services, run: dict[str, Any], after: int = 0) -> EventSourceRe
     )
 
 
+@asynccontextmanager
+async def _chat_conflicts(thread_id: str) -> AsyncIterator[None]:
+    """The 409s of run creation, told in the chat endpoint's own terms (it has no
+    `multitask_strategy`; the approval is answered over HTTP, not with `mkt chat`)."""
+    try:
+        yield
+    except ThreadBusy:
+        raise HTTPException(
+            409,
+            f"thread {thread_id} already has a run in progress: wait for its end (follow it "
+            f"with GET /chat/{thread_id}/stream), then send again",
+        ) from None
+    except PendingApprovalError:
+        raise HTTPException(
+            409,
+            f"thread {thread_id} is waiting for an approval: answer it first with POST "
+            f"/chat/{thread_id}/approval (the request: GET /threads/{thread_id}/state, "
+            "`interrupts`)",
+        ) from None
+
+
 @router.post("/chat", summary="Send a message; SSE of tokens, progress and approval requests")
 async def chat(body: ChatMessage, svc: Svc, principal: Editor) -> EventSourceResponse:
-    run = await create_run(
-        svc,
-        principal,
-        body.thread_id or str(uuid.uuid4()),
-        RunCreate(
-            assistant_id="supervisor",
-            input={"messages": [{"role": "user", "content": body.message}]},
-            stream_mode=CHAT_MODES,
-            context=body.context,
-            multitask_strategy="reject",
-            if_not_exists="create",
-        ),
-    )
+    thread_id = body.thread_id or str(uuid.uuid4())
+    async with _chat_conflicts(thread_id):
+        run = await create_run(
+            svc,
+            principal,
+            thread_id,
+            RunCreate(
+                assistant_id="supervisor",
+                input={"messages": [{"role": "user", "content": body.message}]},
+                stream_mode=CHAT_MODES,
+                context=body.context,
+                multitask_strategy="reject",
+                if_not_exists="create",
+            ),
+        )
     return _stream(svc, run)
 
 
@@ -145,20 +178,23 @@ async def chat(body: ChatMessage, svc: Svc, principal: Editor) -> EventSourceRes
 async def approve(
     thread_id: str, body: ChatApproval, svc: Svc, principal: Editor
 ) -> EventSourceResponse:
-    await owned_thread(svc, principal, thread_id)
-    run = await create_run(
-        svc,
-        principal,
-        thread_id,
-        RunCreate(
-            assistant_id="supervisor",
-            command=CommandBody(resume=body.answer),
-            stream_mode=CHAT_MODES,
-            context=body.context,
-            multitask_strategy="reject",
-        ),
-        interrupt_id=body.interrupt_id,
-    )
+    row = await owned_thread(svc, principal, thread_id)
+    async with _chat_conflicts(thread_id):
+        if row.get("status") == "busy":  # the approval may be yet to come: not "nothing to resume"
+            raise ThreadBusy(thread_id)
+        run = await create_run(
+            svc,
+            principal,
+            thread_id,
+            RunCreate(
+                assistant_id="supervisor",
+                command=CommandBody(resume=body.answer),
+                stream_mode=CHAT_MODES,
+                context=body.context,
+                multitask_strategy="reject",
+            ),
+            interrupt_id=body.interrupt_id,
+        )
     return _stream(svc, run)
 
 
