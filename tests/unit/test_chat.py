@@ -4,7 +4,11 @@ README documents, approvals (a repeated answer never answers the next item), rec
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +18,8 @@ from app.server.app import create_app
 from app.settings import Settings
 from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
 from tests.unit.test_server_api import as_principal, sse_events
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -198,3 +204,86 @@ async def test_conflicts_tell_a_chat_client_what_it_can_do(settings: Settings) -
             await client.get("/chat/busy/stream")  # to its end: waiting for the approval
             r = await client.post("/chat", json={"message": "hello", "thread_id": "busy"})
             assert r.status_code == 409 and "POST /chat/busy/approval" in r.json()["detail"]
+
+
+def documented_events() -> dict[str, Any]:
+    """The chat event table of the README: event type -> its example `data`, as JSON (`…`
+    elisions dropped, `{…}` read as `{}`, `"a" | "b"` alternatives as the first)."""
+    section = README.read_text().split("### Chat endpoint", 1)[1].split("\n## ", 1)[0]
+    examples: dict[str, Any] = {}
+    for kind, example in re.findall(r"^\| `(\w+)` \| `(\{.*?\})`", section, flags=re.M):
+        text = example.replace("{…}", "{}").replace("\\|", "|")
+        text = re.sub(r",\s*…", "", text)
+        text = re.sub(r'("[^"]*")(\s*\|\s*"[^"]*")+', r"\1", text)
+        examples[kind] = json.loads(text)
+    return examples
+
+
+def same_keys(documented: Any, sent: Any, where: str) -> None:
+    """`sent` has exactly the documented keys, recursively where the README shows them."""
+    if isinstance(documented, dict) and documented:
+        assert isinstance(sent, dict) and set(sent) == set(documented), (where, sent)
+        for key, value in documented.items():
+            same_keys(value, sent[key], f"{where}.{key}")
+    elif isinstance(documented, list) and documented and sent:
+        same_keys(documented[0], sent[0], f"{where}[0]")
+
+
+async def test_every_documented_event_is_sent_as_documented(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each event type in the README's table is sent, with exactly the keys its example shows
+    (nested ones too), and the stream sends no type the table leaves out."""
+    from graphs import supervisor
+
+    documented = documented_events()
+    assert set(documented) == {
+        "run", "plan", "agent_start", "agent_done", "token", "approval", "final", "error", "end"
+    }  # fmt: skip
+    client, _ = api
+    events = await chat(client, "/chat", {"message": PUBLISH_REQUEST, "thread_id": "doc"})
+    pending = of_type(events, "approval")[0]["interrupt_id"]
+    events += await chat(
+        client, "/chat/doc/approval", {"answer": {"type": "accept"}, "interrupt_id": pending}
+    )
+
+    def broken(state: Any) -> Any:
+        raise ValueError("the answer cannot be written")
+
+    monkeypatch.setattr(supervisor, "_facts", broken)  # the answer node fails
+    failed = await chat(
+        client, "/chat", {"message": "Write a blog post about TerraRun", "thread_id": "doc"}
+    )
+    assert of_type(failed, "end")[0]["status"] == "error" and not of_type(failed, "final")
+    events += failed
+
+    assert {e["event"] for e in events} == set(documented)
+    for e in events:
+        assert e["data"]["type"] == e["event"]
+        same_keys(documented[e["event"]], e["data"], e["event"])
+    statuses = {d["status"] for d in of_type(events, "end")}
+    assert statuses == {"interrupted", "success", "error"}
+
+
+async def test_a_cancelled_chat_run_ends_interrupted_without_an_approval(
+    settings: Settings,
+) -> None:
+    """As the README says: a cancelled run's chat stream ends `interrupted` with no `approval`
+    before it and no `final`."""
+    app = create_app(settings.model_copy(update={"scripted_latency_ms": 300}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            streaming = asyncio.create_task(
+                client.post("/chat", json={"message": CAMPAIGN, "thread_id": "cx"})
+            )
+            for _ in range(200):
+                runs = (await client.get("/threads/cx/runs")).json() if not streaming.done() else []
+                if isinstance(runs, list) and runs and runs[0]["status"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+            r = await client.post(f"/threads/cx/runs/{runs[0]['run_id']}/cancel?wait=true")
+            assert r.status_code in (200, 202, 204), r.text
+            events = sse_events((await streaming).text)
+    assert of_type(events, "end")[0]["status"] == "interrupted"
+    assert not of_type(events, "approval") and not of_type(events, "final")
