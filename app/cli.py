@@ -84,7 +84,8 @@ def _settings(provider: str | None = None) -> Settings:
             f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
             for e in exc.errors()
         )
-        _fail(f"invalid setting (environment or .env): {problems}")
+        source = "--provider, environment or .env" if provider else "environment or .env"
+        _fail(f"invalid setting ({source}): {problems}")
         raise  # (not reached: _fail exits)
 
 
@@ -388,7 +389,7 @@ def chat(
     """
     if not thread and not (request or "").strip():
         _fail("the request is empty: say what the team should do, or give --thread ID to continue")
-    settings = apply_provider_override(provider)
+    settings = _settings(provider)
     ctx = _build_context(brand, voice, audience, platform, banned, keyword, timezone, context_file)
     resume_value = None
     if resume is not None:

@@ -89,3 +89,9 @@ def test_serve_on_a_busy_port_says_so_before_starting() -> None:
         port = busy.getsockname()[1]
         out = refused(["serve", "--port", str(port)])
     assert f"port {port}" in out and "in use" in out and "--port" in out
+
+
+def test_a_bad_provider_flag_is_named_as_such() -> None:
+    for command in (["serve"], ["worker"], ["chat", "hi"]):
+        out = refused([*command, "--provider", "bogus"])
+        assert "--provider" in out and "MODEL_PROVIDER" in out and "scripted" in out, command
