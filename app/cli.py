@@ -1061,9 +1061,11 @@ def keys_list(
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id shown by `mkt keys list`.")],
 ) -> None:
-    """Revoke an API key. Running servers stop accepting it within API_KEY_CACHE_S seconds."""
-    from app.apikeys import revoke_key
+    """Revoke an API key (its id, or the key itself). Running servers stop accepting it within
+    API_KEY_CACHE_S seconds."""
+    from app.apikeys import key_id_of, revoke_key
 
+    key_id = key_id_of(key_id) or key_id  # a key pasted whole: its id (the secret is not echoed)
     key = _with_db(lambda db: revoke_key(db, key_id))
     console.print(f"revoked key {key.key_id} ({key.role}, tenant {key.tenant}) at {key.revoked_at}")
 
