@@ -287,3 +287,53 @@ async def test_a_cancelled_chat_run_ends_interrupted_without_an_approval(
             events = sse_events((await streaming).text)
     assert of_type(events, "end")[0]["status"] == "interrupted"
     assert not of_type(events, "approval") and not of_type(events, "final")
+
+
+async def test_the_run_carries_on_when_the_chat_client_goes_away(settings: Settings) -> None:
+    """A client that disconnects after the first event does not stop the run: it reaches its
+    approval, and the chat stream reconnected later has the whole of it."""
+    app = create_app(settings.model_copy(update={"scripted_latency_ms": 100}))
+    async with app.router.lifespan_context(app):
+        body = json.dumps({"message": PUBLISH_REQUEST, "thread_id": "gone"}).encode()
+        first_chunk = asyncio.Event()
+        sent: list[dict[str, Any]] = []
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await first_chunk.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                first_chunk.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/chat",
+            "raw_path": b"/chat",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1234),
+            "server": ("test", 80),
+        }
+        await asyncio.wait_for(app(scope, receive, send), timeout=60)
+        assert sent[0]["status"] == 200
+        streamed = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        assert b"event: run" in streamed and b"event: end" not in streamed  # cut early
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            events = sse_events((await client.get("/chat/gone/stream")).text)  # to its end
+            assert of_type(events, "end")[0]["status"] == "interrupted"
+            assert of_type(events, "approval")
+            assert (await client.get("/threads/gone")).json()["status"] == "interrupted"
