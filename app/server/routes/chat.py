@@ -1,7 +1,8 @@
 """A chat endpoint for clients without the LangGraph SDK: post a message, read an SSE stream of
 plain events (`run`, `plan`, `agent_start`, `agent_done`, `token`, `approval`, `final`, `error`,
-`end`); answer an approval with the companion call, which streams the continuation the same way.
-It is a view over the same runs and event log as the SDK routes (see README, "Chat endpoint")."""
+`end`); answer an approval with the companion call, which streams the continuation the same way;
+reconnect to a dropped stream with `GET /chat/{thread_id}/stream` and `Last-Event-ID`. It is a view
+over the same runs and event log as the SDK routes (see README, "Chat endpoint")."""
 
 from __future__ import annotations
 
