@@ -820,18 +820,21 @@ def _check_bind(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         _fail(f"cannot bind to {host}: {exc}; pass --host with an address of this machine")
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                _fail(
-                    f"port {port} on {host} is already in use (another `mkt serve` or "
-                    f"`langgraph dev`?): stop it or choose another with --port"
-                )
-            _fail(f"cannot bind to {host}:{port}: {exc.strerror or exc}")
+    # every address of the host, as uvicorn's server (asyncio's create_server) binds them
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    _fail(
+                        f"port {port} on {host} is already in use (another `mkt serve` or "
+                        f"`langgraph dev`?): stop it or choose another with --port"
+                    )
+                _fail(f"cannot bind to {host}:{port}: {exc.strerror or exc}")
 
 
 @app.command()
