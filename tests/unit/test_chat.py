@@ -148,6 +148,12 @@ async def test_chat_stream_tenants_roles_and_unknown_ids(api: Any) -> None:
         assert (await client.get(url)).status_code == 404, url
     as_principal(app, "default", "viewer")  # reading a stream is a viewer's right
     assert (await client.get(f"/chat/mine/stream?run_id={run_id}")).status_code == 200
+    for url, body in (
+        ("/chat", {"message": "hello"}),
+        ("/chat/mine/approval", {"answer": {"type": "accept"}}),
+    ):  # ... posting is not
+        r = await client.post(url, json=body)
+        assert r.status_code == 403 and "editor" in r.json()["detail"], url
     as_principal(app, "other", "admin")
     for url in ("/chat/mine/stream", f"/chat/mine/stream?run_id={run_id}"):
         r = await client.get(url)
