@@ -837,6 +837,30 @@ def _check_bind(host: str, port: int) -> None:
                 _fail(f"cannot bind to {host}:{port}: {exc.strerror or exc}")
 
 
+def _check_embedded_store(settings: Settings) -> None:
+    """Refuse (exit code 2) when the embedded knowledge base that this server process is about to
+    open is held by another process: its start-up would fail with a traceback (exit code 3),
+    after loading the whole store (qdrant-client takes the folder lock after loading it)."""
+    import portalocker
+
+    lock_file = settings.qdrant_path / ".lock"  # where qdrant-client's local mode locks
+    if settings.qdrant_url or not lock_file.exists():
+        return
+    with lock_file.open("r+") as handle:
+        try:
+            portalocker.lock(
+                handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+            )
+        except portalocker.exceptions.LockException:
+            _fail(
+                f"the knowledge base in {settings.qdrant_path} is open in another process "
+                "(embedded Qdrant allows one process at a time): stop that process (another "
+                "`mkt serve`, `mkt chat`, `mkt kb …`), or run a Qdrant server and set QDRANT_URL "
+                "for all of them"
+            )
+        portalocker.unlock(handle)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -881,7 +905,10 @@ def serve(
             return await startup_check(storage.db, host)
 
     try:
-        check_workers_and_store(settings, worker_count(settings, workers))
+        n_workers = worker_count(settings, workers)
+        check_workers_and_store(settings, n_workers)
+        if not n_workers:  # this process opens the knowledge base (a worker waits for it)
+            _check_embedded_store(settings)
         _run(preflight())  # refuse early, with exit code 2, what the server would refuse
     except (InsecureBindError, EmbeddedStoreError) as exc:
         _fail(str(exc))

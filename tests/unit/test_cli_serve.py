@@ -95,3 +95,20 @@ def test_a_bad_provider_flag_is_named_as_such() -> None:
     for command in (["serve"], ["worker"], ["chat", "hi"]):
         out = refused([*command, "--provider", "bogus"])
         assert "--provider" in out and "MODEL_PROVIDER" in out and "scripted" in out, command
+
+
+def test_serve_refuses_when_another_process_holds_the_embedded_knowledge_base() -> None:
+    """Another process (here: a client of the same folder) holds the embedded store this server
+    would open: refused before start-up with the fix named, not uvicorn's traceback and exit 3."""
+    from qdrant_client import QdrantClient
+
+    from app.settings import get_settings
+
+    path = get_settings().qdrant_path
+    path.mkdir(parents=True)
+    holder = QdrantClient(path=str(path))
+    try:
+        out = refused(["serve", "--workers", "0"])
+    finally:
+        holder.close()
+    assert "open in another process" in out and "QDRANT_URL" in out
