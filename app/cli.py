@@ -837,28 +837,46 @@ def _check_bind(host: str, port: int) -> None:
                 _fail(f"cannot bind to {host}:{port}: {exc.strerror or exc}")
 
 
-def _check_embedded_store(settings: Settings) -> None:
-    """Refuse (exit code 2) when the embedded knowledge base that this server process is about to
-    open is held by another process: its start-up would fail with a traceback (exit code 3),
-    after loading the whole store (qdrant-client takes the folder lock after loading it)."""
+def _check_embedded_store(settings: Settings, wait_s: float) -> None:
+    """Refuse (exit code 2) when the embedded knowledge base this server's runs need is still
+    held by another process after `wait_s` (what a worker of this server waits: a worker of a
+    stopped server may be finishing its runs). Its start-up would fail with a traceback (exit
+    code 3), after loading the whole store (qdrant-client takes the folder lock after that)."""
+    import time
+
     import portalocker
 
     lock_file = settings.qdrant_path / ".lock"  # where qdrant-client's local mode locks
     if settings.qdrant_url or not lock_file.exists():
         return
-    with lock_file.open("r+") as handle:
-        try:
-            portalocker.lock(
-                handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-            )
-        except portalocker.exceptions.LockException:
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        with lock_file.open("r+") as handle:
+            try:
+                portalocker.lock(
+                    handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+                )
+            except portalocker.exceptions.LockException:
+                pass
+            else:
+                portalocker.unlock(handle)
+                return
+        if time.monotonic() >= deadline:
             _fail(
                 f"the knowledge base in {settings.qdrant_path} is open in another process "
                 "(embedded Qdrant allows one process at a time): stop that process (another "
                 "`mkt serve`, `mkt chat`, `mkt kb …`), or run a Qdrant server and set QDRANT_URL "
                 "for all of them"
             )
-        portalocker.unlock(handle)
+        if not told:
+            err.print(
+                f"the knowledge base is open in another process (a worker of a stopped server "
+                f"finishing its runs?): waiting up to {wait_s:g} s for it",
+                soft_wrap=True,
+            )
+            told = True
+        time.sleep(0.5)
 
 
 @app.command()
@@ -907,8 +925,8 @@ def serve(
     try:
         n_workers = worker_count(settings, workers)
         check_workers_and_store(settings, n_workers)
-        if not n_workers:  # this process opens the knowledge base (a worker waits for it)
-            _check_embedded_store(settings)
+        # the process that opens it: this one (no wait), or a worker (it waits, as here)
+        _check_embedded_store(settings, settings.shutdown_grace_s + 10 if n_workers else 0.0)
         _run(preflight())  # refuse early, with exit code 2, what the server would refuse
     except (InsecureBindError, EmbeddedStoreError) as exc:
         _fail(str(exc))

@@ -112,3 +112,31 @@ def test_serve_refuses_when_another_process_holds_the_embedded_knowledge_base() 
     finally:
         holder.close()
     assert "open in another process" in out and "QDRANT_URL" in out
+
+
+def test_with_a_worker_serve_waits_for_the_knowledge_base_as_the_worker_would(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With workers, the store may be held by a worker of a stopped server finishing its runs:
+    the check waits (saying so) and goes on once it is released."""
+    import threading
+
+    import typer
+    from qdrant_client import QdrantClient
+
+    from app.cli import _check_embedded_store
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.qdrant_path.mkdir(parents=True)
+    holder = QdrantClient(path=str(settings.qdrant_path))
+    with pytest.raises(typer.Exit) as refused_now:
+        _check_embedded_store(settings, 0.0)
+    assert refused_now.value.exit_code == 2
+    releasing = threading.Timer(0.3, holder.close)
+    releasing.start()
+    try:
+        _check_embedded_store(settings, 60.0)  # returns once the holder lets go
+    finally:
+        releasing.join()
+    assert "waiting up to 60 s" in capsys.readouterr().err
