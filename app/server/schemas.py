@@ -251,9 +251,8 @@ class ChatApproval(Body):
         description='The reviewer\'s answer: {"type": "accept"}, {"type": "edit", "args": {...}}, '
         '{"type": "respond", "args": "feedback"} or {"type": "ignore"}.',
     )
-    interrupt_id: Ident | None = Field(
+    interrupt_id: Annotated[str, Field(max_length=200), AfterValidator(_no_nul)] | None = Field(
         None,
-        max_length=200,
         description="The `interrupt_id` of the `approval` event answered. Recommended: a repeated "
         "or retried answer is then refused (409) instead of answering the next approval unseen.",
     )
