@@ -257,3 +257,13 @@ class ChatApproval(Body):
         "or retried answer is then refused (409) instead of answering the next approval unseen.",
     )
     context: dict[str, Any] | None = None
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_shape(cls, value: Any) -> Any:
+        if not isinstance(value, dict | list):  # (pydantic would name both union branches)
+            raise ValueError(
+                'an answer is an object such as {"type": "accept"} (or a list of one), '
+                f"not {type(value).__name__}"
+            )
+        return value

@@ -91,6 +91,10 @@ async def test_an_interrupt_id_of_no_approval_is_refused(api: Any) -> None:
         "/chat/one/approval", json={"answer": {"type": "accept"}, "interrupt_id": "x" * 201}
     )
     assert r.status_code == 422 and "at most 200 characters" in r.json()["detail"]
+    r = await client.post("/chat/one/approval", json={"answer": "accept"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("body.answer: ") and '{"type": "accept"}' in detail
 
 
 def test_a_queued_answer_is_checked_against_the_approval_pending_when_it_starts() -> None:
