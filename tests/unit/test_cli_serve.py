@@ -140,3 +140,8 @@ def test_with_a_worker_serve_waits_for_the_knowledge_base_as_the_worker_would(
     finally:
         releasing.join()
     assert "waiting up to 60 s" in capsys.readouterr().err
+
+
+def test_serve_off_loopback_without_keys_refuses_naming_the_fix() -> None:
+    out = refused(["serve", "--host", "0.0.0.0"])
+    assert "without API keys" in out and "mkt keys create --role admin --tenant" in out
