@@ -145,3 +145,9 @@ def test_with_a_worker_serve_waits_for_the_knowledge_base_as_the_worker_would(
 def test_serve_off_loopback_without_keys_refuses_naming_the_fix() -> None:
     out = refused(["serve", "--host", "0.0.0.0"])
     assert "without API keys" in out and "mkt keys create --role admin --tenant" in out
+
+
+@pytest.mark.integration  # binds a socket
+def test_worker_metrics_on_an_address_not_of_this_machine_names_the_host() -> None:
+    out = refused(["worker", "--metrics-port", "0", "--metrics-host", "203.0.113.9"])
+    assert "203.0.113.9" in out and "--metrics-host" in out and "--metrics-port" not in out
