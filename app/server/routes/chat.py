@@ -179,9 +179,10 @@ async def chat(body: ChatMessage, svc: Svc, principal: Editor) -> EventSourceRes
 async def approve(
     thread_id: str, body: ChatApproval, svc: Svc, principal: Editor
 ) -> EventSourceResponse:
-    row = await owned_thread(svc, principal, thread_id)
+    await owned_thread(svc, principal, thread_id)
     async with _chat_conflicts(thread_id):
-        if row.get("status") == "busy":  # the approval may be yet to come: not "nothing to resume"
+        # a run in progress may be about to ask: say so, not "nothing to resume"
+        if await svc.db.active_runs(thread_id):
             raise ThreadBusy(thread_id)
         run = await create_run(
             svc,
