@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
@@ -21,7 +23,7 @@ from app.db import StorageNotMigratedError, utcnow
 from app.errors import AppError
 from app.models import ModelConfigError
 from app.runner import Runner
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from tools.knowledge import get_knowledge_base
 
 app = typer.Typer(
@@ -70,6 +72,28 @@ def _run(coro: Any) -> Any:
     except (AppError, ModelConfigError, StorageNotMigratedError) as exc:
         _fail(str(exc))
     return None
+
+
+def _settings(provider: str | None = None) -> Settings:
+    """The process settings (`--provider` applied); a setting the environment or `.env` gets
+    wrong is an error naming the variable (exit code 2), not a traceback."""
+    try:
+        return apply_provider_override(provider)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        source = "--provider, environment or .env" if provider else "environment or .env"
+        _fail(f"invalid setting ({source}): {problems}")
+        raise  # (not reached: _fail exits)
+
+
+def _db_unreachable(exc: BaseException) -> str:
+    return (
+        f"cannot open the database ({exc}): check DATABASE_URL and that the database is running "
+        "(on SQLite: that DATA_DIR is writable)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +389,7 @@ def chat(
     """
     if not thread and not (request or "").strip():
         _fail("the request is empty: say what the team should do, or give --thread ID to continue")
-    settings = apply_provider_override(provider)
+    settings = _settings(provider)
     ctx = _build_context(brand, voice, audience, platform, banned, keyword, timezone, context_file)
     resume_value = None
     if resume is not None:
@@ -778,6 +802,83 @@ def feedback(
     console.print(table)
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Refuse (exit code 2) a port already in use or a host this machine cannot bind, as uvicorn
+    would once the whole start-up had run (it exits with code 3)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        _fail(f"cannot bind to {host}: {exc}; pass --host with an address of this machine")
+    # every address of the host, as uvicorn's server (asyncio's create_server) binds them
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    _fail(
+                        f"port {port} on {host} is already in use (another `mkt serve` or "
+                        f"`langgraph dev`?): stop it or choose another with --port"
+                    )
+                _fail(f"cannot bind to {host}:{port}: {exc.strerror or exc}")
+
+
+def _check_embedded_store(settings: Settings, wait_s: float) -> None:
+    """Refuse (exit code 2) when the embedded knowledge base this server's runs need is still
+    held by another process after `wait_s` (what a worker of this server waits: a worker of a
+    stopped server may be finishing its runs). Its start-up would fail with a traceback (exit
+    code 3), after loading the whole store (qdrant-client takes the folder lock after that)."""
+    import time
+
+    import portalocker
+
+    lock_file = settings.qdrant_path / ".lock"  # where qdrant-client's local mode locks
+    if settings.qdrant_url or not lock_file.exists():
+        return
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        with lock_file.open("r+") as handle:
+            try:
+                portalocker.lock(
+                    handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+                )
+            except portalocker.exceptions.LockException:
+                pass
+            else:
+                portalocker.unlock(handle)
+                return
+        if time.monotonic() >= deadline:
+            _fail(
+                f"the knowledge base in {settings.qdrant_path} is open in another process "
+                "(embedded Qdrant allows one process at a time): stop that process (another "
+                "`mkt serve`, `mkt chat`, `mkt kb …`), or run a Qdrant server and set QDRANT_URL "
+                "for all of them"
+            )
+        if not told:
+            err.print(
+                f"the knowledge base is open in another process (a worker of a stopped server "
+                f"finishing its runs?): waiting up to {wait_s:g} s for it",
+                soft_wrap=True,
+            )
+            told = True
+        time.sleep(0.5)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -785,7 +886,10 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 2024,
     provider: ProviderOpt = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}.", callback=_log_level),
+    ] = "info",
     workers: Annotated[
         int | None,
         typer.Option(
@@ -804,23 +908,31 @@ def serve(
       mkt serve                      # http://127.0.0.1:2024, docs at /docs\n
       DATABASE_URL=postgresql://... mkt db migrate && mkt serve --port 8123 --workers 2
     """
+    import psycopg
+    import psycopg_pool
     import uvicorn
 
     from app.server.app import EmbeddedStoreError, check_workers_and_store, create_app, worker_count
     from app.server.auth import InsecureBindError, startup_check
     from app.storage import open_storage
 
-    settings = apply_provider_override(provider)
+    settings = _settings(provider)
 
     async def preflight() -> str:
         async with open_storage(settings) as storage:
             return await startup_check(storage.db, host)
 
     try:
-        check_workers_and_store(settings, worker_count(settings, workers))
+        n_workers = worker_count(settings, workers)
+        check_workers_and_store(settings, n_workers)
+        # the process that opens it: this one (no wait), or a worker (it waits, as here)
+        _check_embedded_store(settings, settings.shutdown_grace_s + 10 if n_workers else 0.0)
         _run(preflight())  # refuse early, with exit code 2, what the server would refuse
     except (InsecureBindError, EmbeddedStoreError) as exc:
         _fail(str(exc))
+    except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        _fail(_db_unreachable(exc))
+    _check_bind(host, port)  # before the start-up (workers, knowledge base) a busy port would waste
     uvicorn.run(
         create_app(settings, host=host, workers=workers, freeze_heap=True),
         host=host,
@@ -865,7 +977,7 @@ def worker(
     from app.server.registry import GraphConfigError
     from app.server.worker import run_worker
 
-    settings = apply_provider_override(provider)
+    settings = _settings(provider)
     try:
         code = _run(
             run_worker(
@@ -896,11 +1008,23 @@ def db_migrate() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-async def _with_db(action: Any) -> Any:
+def _with_db(action: Any) -> Any:
+    """`action(db)` on the app database; an unreachable one is an error naming the fix."""
+    import psycopg
+    import psycopg_pool
+
     from app.storage import open_storage
 
-    async with open_storage() as storage:
-        return await action(storage.db)
+    settings = _settings()
+
+    async def main() -> Any:
+        async with open_storage(settings) as storage:
+            return await action(storage.db)
+
+    try:
+        return _run(main())
+    except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        _fail(_db_unreachable(exc))
 
 
 @keys_app.command("create")
@@ -919,7 +1043,7 @@ def keys_create(
     """
     from app.apikeys import create_key
 
-    key, token = _run(_with_db(lambda db: create_key(db, role=role, tenant=tenant, name=name)))
+    key, token = _with_db(lambda db: create_key(db, role=role, tenant=tenant, name=name))
     if as_json:
         print(json.dumps({**key.public(), "key": token}))
         return
@@ -945,9 +1069,19 @@ def keys_list(
     """List API keys (ids, names, roles, tenants, use; never the keys themselves)."""
     from app.apikeys import list_keys
 
-    keys = _run(_with_db(lambda db: list_keys(db, tenant=tenant, include_revoked=not active)))
+    keys = _with_db(lambda db: list_keys(db, tenant=tenant, include_revoked=not active))
     if as_json:
         print(json.dumps([k.public() for k in keys]))
+        return
+    if not keys and (tenant is not None or active):  # other keys may exist: not open mode
+        console.print(
+            "no "
+            + ("active " if active else "")
+            + "API keys"
+            + (f" of tenant {tenant!r}" if tenant is not None else "")
+            + ". Create one with mkt keys create --role admin --tenant NAME",
+            soft_wrap=True,
+        )
         return
     if not keys:
         console.print(
@@ -975,10 +1109,12 @@ def keys_list(
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id shown by `mkt keys list`.")],
 ) -> None:
-    """Revoke an API key. Running servers stop accepting it within API_KEY_CACHE_S seconds."""
-    from app.apikeys import revoke_key
+    """Revoke an API key (its id, or the key itself). Running servers stop accepting it within
+    API_KEY_CACHE_S seconds."""
+    from app.apikeys import key_id_of, revoke_key
 
-    key = _run(_with_db(lambda db: revoke_key(db, key_id)))
+    key_id = key_id_of(key_id) or key_id  # a key pasted whole: its id (the secret is not echoed)
+    key = _with_db(lambda db: revoke_key(db, key_id))
     console.print(f"revoked key {key.key_id} ({key.role}, tenant {key.tenant}) at {key.revoked_at}")
 
 

@@ -52,6 +52,20 @@ class ResumeValueError(AppError):
     status = 422
 
 
+class StaleApprovalError(AppError):
+    """An answer meant for an approval that is no longer the pending one (answered already: a
+    retried or repeated request), which must not answer the next item unseen."""
+
+    status = 409
+
+    def __init__(self, thread_id: str, answered: str, pending: str) -> None:
+        super().__init__(
+            f"approval {answered!r} on thread {thread_id!r} was already answered; the thread now "
+            f"waits for approval {pending!r}: read it (GET /threads/{thread_id}/state) and "
+            "answer that one"
+        )
+
+
 __all__ = [
     "AppError",
     "EmptyRequestError",
@@ -60,5 +74,6 @@ __all__ = [
     "NotInterruptedError",
     "PendingApprovalError",
     "ResumeValueError",
+    "StaleApprovalError",
     "ThreadNotFoundError",
 ]

@@ -33,6 +33,7 @@ A standalone `mkt worker` elsewhere serves its own series (`mkt worker --metrics
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -256,8 +257,9 @@ def serve_http(port: int, host: str = "127.0.0.1") -> int:
     try:
         server, _ = start_http_server(port, addr=host, registry=EXPOSED)
     except OSError as exc:
+        in_use = exc.errno == errno.EADDRINUSE
         raise MetricsPortError(
-            f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): choose another "
-            "--metrics-port"
+            f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+            + ("choose another --metrics-port" if in_use else "check --metrics-host")
         ) from None
     return int(server.server_address[1])

@@ -290,4 +290,19 @@ class ChatApproval(Body):
         description='The reviewer\'s answer: {"type": "accept"}, {"type": "edit", "args": {...}}, '
         '{"type": "respond", "args": "feedback"} or {"type": "ignore"}.',
     )
+    interrupt_id: Annotated[str, Field(max_length=200), AfterValidator(_no_nul)] | None = Field(
+        None,
+        description="The `interrupt_id` of the `approval` event answered. Recommended: a repeated "
+        "or retried answer is then refused (409) instead of answering the next approval unseen.",
+    )
     context: dict[str, Any] | None = None
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_shape(cls, value: Any) -> Any:
+        if not isinstance(value, dict | list):  # (pydantic would name both union branches)
+            raise ValueError(
+                'an answer is an object such as {"type": "accept"} (or a list of one), '
+                f"not {type(value).__name__}"
+            )
+        return value

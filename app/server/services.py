@@ -30,6 +30,14 @@ BUSY_DETAIL = (
 )
 
 
+class ThreadBusy(HTTPException):
+    """409: `multitask_strategy` 'reject' and the thread has a run in progress."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(409, BUSY_DETAIL.format(tid=thread_id))
+        self.thread_id = thread_id
+
+
 @dataclass
 class Services:
     runner: Runner
@@ -101,9 +109,13 @@ async def create_run(
     principal: Principal,
     thread_id: str | None,
     body: RunCreate,
+    *,
+    interrupt_id: str | None = None,
 ) -> dict[str, Any]:
     """Validate and queue a run (the executor picks it up). `thread_id=None` is a stateless run
-    on a new thread of its own."""
+    on a new thread of its own. A resume with `interrupt_id` answers that approval only: when
+    another one is pending (that one was answered) it is refused, at creation and again when a
+    queued run starts (`app.server.turns.check_turn`)."""
     if not svc.executor.accepting:
         raise HTTPException(503, "the server is shutting down: retry against the next one")
     graph_id = svc.registry.resolve(body.assistant_id)
@@ -140,6 +152,8 @@ async def create_run(
         saved = row["context"] if row else {}
         ctx = await svc.runner.context_for(thread_id, body.context, saved)  # 422 names the field
     command = body.command.model_dump(exclude_unset=True) if body.command else None
+    if command is not None and interrupt_id is not None:
+        command["interrupt_id"] = interrupt_id  # (the executor builds its Command from the rest)
     check_turn(view, body.input, command, ctx)  # and again if it waits behind another run
     if body.input is None and body.command is None and not view.exists:
         raise HTTPException(
@@ -208,7 +222,7 @@ async def create_run(
             metadata_read=row["metadata"] if row is not None else None,
         )
     except ThreadBusyError:
-        raise HTTPException(409, BUSY_DETAIL.format(tid=thread_id)) from None
+        raise ThreadBusy(thread_id) from None
     # stored and committed: a stream of this new run may send it without reading it back
     # a stateless run's thread is erased by whoever delivers its end (stream, wait), else by
     # the executor's prune once it is old

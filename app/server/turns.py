@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from app.errors import NotInterruptedError
+from app.errors import NotInterruptedError, StaleApprovalError
 from app.runner import Runner, ThreadView
 from graphs.context import MarketingContext
 
@@ -45,10 +45,14 @@ def check_turn(
     ctx: MarketingContext | None,
 ) -> None:
     """A resume needs a pending interrupt (and, on the marketing graphs, an answer that fits the
-    approval); a new request may not skip a pending approval. Raises `app.errors.AppError`."""
+    approval; with `interrupt_id`, as the chat endpoint sends it, that very approval); a new
+    request may not skip a pending approval. Raises `app.errors.AppError`."""
     if command is not None and "resume" in command:
         if not view.exists:
             raise NotInterruptedError(view.thread_id)
+        expected = command.get("interrupt_id")
+        if expected is not None and view.interrupts and view.interrupts[0]["id"] != expected:
+            raise StaleApprovalError(view.thread_id, expected, view.interrupts[0]["id"])
         if ctx is not None:
             Runner.check_resume(view, command["resume"], ctx)
         elif view.status != "interrupted":

@@ -82,3 +82,21 @@ def test_bad_input_exits_2_naming_the_fix() -> None:
     assert no_tenant.exit_code == 2 and "--tenant" in no_tenant.output
     empty = cli.invoke(app, ["keys", "list"])
     assert "no API keys" in empty.output and "mkt keys create" in empty.output
+
+
+def test_revoke_takes_the_whole_key_and_never_echoes_its_secret() -> None:
+    """A key pasted instead of its id revokes that key, and its secret is never printed — not
+    even in the error for a key that does not exist (error output ends up in CI logs)."""
+    out = cli.invoke(app, ["keys", "create", "--role", "viewer", "--tenant", "acme", "--json"])
+    created = json.loads(out.output)
+    revoked = cli.invoke(app, ["keys", "revoke", created["key"]])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked key {created['key_id']}" in revoked.output
+    secret = created["key"][len(f"mkt_{created['key_id']}_") :]
+    assert secret not in revoked.output
+    key = verify(created["key"])
+    assert key is not None and key.revoked_at is not None
+    fake = "mkt_0123456789ab_" + "NotARealSecret".ljust(43, "x")
+    unknown = cli.invoke(app, ["keys", "revoke", fake])
+    assert unknown.exit_code == 2 and "'0123456789ab' does not exist" in unknown.output
+    assert "NotARealSecret" not in unknown.output
