@@ -14,9 +14,18 @@ from typing import Any
 
 import pytest
 
+from app.server import metrics
 from app.settings import Settings
 from tests.helpers import PUBLISH_REQUEST
-from tests.unit.test_server_api import ASK_GRAPH, api, as_principal, serving_graph  # noqa: F401
+from tests.unit.test_server_api import (  # noqa: F401
+    ASK_GRAPH,
+    FAILING_GRAPH,
+    HELD_GRAPH,
+    api,
+    as_principal,
+    serving_graph,
+    wait_for_usage,
+)
 
 
 @contextmanager
@@ -159,6 +168,104 @@ async def test_a_runs_end_is_recorded_when_the_database_is_locked_for_a_moment(
         assert calls == [run["run_id"], run["run_id"]]
         assert (await db.get_run(run["run_id"]))["status"] == "interrupted"
         assert (await client.get("/threads/t-l")).json()["status"] == "interrupted"
+
+
+def locked_once(db: Any, monkeypatch: pytest.MonkeyPatch, run_id: str | None = None) -> list[str]:
+    """`db.finish_run` (of run `run_id`, else of any run) meets 'database is locked' on its
+    first call; returns the calls' run ids."""
+    real_finish = db.finish_run
+    calls: list[str] = []
+
+    async def finish(*args: Any, **kw: Any) -> Any:
+        if run_id is None or args[0] == run_id:
+            calls.append(args[0])
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+        return await real_finish(*args, **kw)
+
+    monkeypatch.setattr(db, "finish_run", finish)
+    return calls
+
+
+def tokens(agent: str) -> float:
+    """`mkt_tokens_total` of `agent`'s input tokens in the exposition (0 when absent)."""
+    prefix = f'mkt_tokens_total{{agent="{agent}",direction="input"}} '
+    lines = metrics.render()[0].decode().splitlines()
+    return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
+
+
+async def test_a_failed_runs_end_recorded_again_streams_one_error_and_counts_once(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed run's end meets 'database is locked' once and is written again: its stream has
+    one `error` event, and /metrics counts the tokens its finished steps spent once (the retry
+    used to store a second `error` event and count them twice)."""
+    fail = tmp_path / "fail"
+    fail.touch()
+    source = FAILING_GRAPH.replace("__FAIL__", repr(str(fail)))
+    metrics.reset()
+    async with serving_graph(settings, tmp_path, monkeypatch, "failing_l", source) as (client, app):
+        db = app.state.services.db
+        calls = locked_once(db, monkeypatch)
+        await client.post("/threads", json={"thread_id": "t-fl", "graph_id": "failing_l"})
+        body = {"assistant_id": "failing_l", "input": {}}
+        run = (await client.post("/threads/t-fl/runs", json=body)).json()
+        await ended(client, "t-fl", run["run_id"])
+        assert calls == [run["run_id"], run["run_id"]]
+        row = await db.get_run(run["run_id"])
+        assert row["status"] == "error" and sorted(row["usage"]) == ["first"], row
+        events = await db.events_after(run["run_id"], 0)
+        assert [e["event"] for e in events].count("error") == 1, events
+    assert tokens("first") == 10
+
+
+async def test_a_refused_runs_end_recorded_again_streams_one_error(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued run refused when it starts, whose end meets 'database is locked' once: its
+    stream has one `error` event (the retry used to store a second one)."""
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        db = app.state.services.db
+        await client.post("/threads", json={"thread_id": "t-rl", "graph_id": "ask"})
+        await client.post("/threads/t-rl/runs/wait", json={"assistant_id": "ask", "input": {}})
+        body: dict[str, Any] = {"assistant_id": "ask", "command": {"resume": "yes"}}
+        with claims_held(app):
+            first = (await client.post("/threads/t-rl/runs", json=body)).json()
+            second = (await client.post("/threads/t-rl/runs", json=body)).json()
+            calls = locked_once(db, monkeypatch, second["run_id"])
+        await ended(client, "t-rl", first["run_id"])
+        refused = await ended(client, "t-rl", second["run_id"])
+        assert refused["__error__"]["error"] == "NotInterruptedError", refused
+        assert calls == [second["run_id"]] * 2
+        events = await db.events_after(second["run_id"], 0)
+        assert [e["event"] for e in events].count("error") == 1, events
+
+
+async def test_a_cancelled_runs_end_recorded_again_counts_its_tokens_once(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled run's end meets 'database is locked' once and is written again: /metrics
+    counts what its finished steps spent once."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    metrics.reset()
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_l", source) as (client, app):
+        db = app.state.services.db
+        await client.post("/threads", json={"thread_id": "t-cl", "graph_id": "held_l"})
+        body = {"assistant_id": "held_l", "input": {}}
+        run_id = (await client.post("/threads/t-cl/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-cl", "first")
+        calls = locked_once(db, monkeypatch)
+        cancel = await client.post(
+            f"/threads/t-cl/runs/{run_id}/cancel", params={"action": "interrupt", "wait": True}
+        )
+        assert cancel.status_code == 204, cancel.text
+        assert calls == [run_id, run_id]
+        row = await db.get_run(run_id)
+        assert row["status"] == "interrupted" and sorted(row["usage"]) == ["first"], row
+    assert tokens("first") == 10
 
 
 async def test_a_run_whose_end_could_not_be_recorded_is_taken_up_again(
