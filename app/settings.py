@@ -118,7 +118,10 @@ class Settings(BaseSettings):
         30.0, gt=1, description="A running run's lease; its worker renews it every third of this."
     )
     run_max_attempts: int = Field(
-        3, ge=1, description="Attempts before a run whose workers keep dying is marked error."
+        3,
+        ge=1,
+        description="Attempts before a run whose workers keep dying is marked error (releases "
+        "by a graceful shutdown do not count).",
     )
     run_sweep_interval_s: float = Field(
         5.0, gt=0, description="How often a server looks for runs whose lease expired."

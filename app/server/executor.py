@@ -549,10 +549,10 @@ class Executor:
         unreachable is waited for (`_recorded`)."""
         run_id = run["run_id"]
         try:
-            if run["attempt"] > self.settings.run_max_attempts:
-                raise RunGaveUpError(
-                    f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
-                )
+            # the attempts before this one, less those a graceful shutdown released
+            stopped = run["attempt"] - 1 - int(run["kwargs"].get("released") or 0)
+            if stopped >= self.settings.run_max_attempts:
+                raise RunGaveUpError(f"gave up after {stopped} attempts whose worker stopped")
             status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
         except asyncio.CancelledError:
             me = asyncio.current_task()
@@ -859,7 +859,7 @@ class Executor:
         if reason == "lost":  # another worker owns it now
             return "released"
         if reason == "shutdown":  # the next attempt records the usage of the whole run
-            await self.db.requeue_run(run_id, self.owner)
+            await self.db.requeue_run(run_id, self.owner, released=True)
             return "released"
         if reason == "rollback":  # as if the run never happened: its checkpoints go
             if outcome.base is not None and outcome.usage is None:  # ... but what it spent is

@@ -303,6 +303,42 @@ async def test_a_run_whose_end_could_not_be_recorded_is_taken_up_again(
         assert (await client.get("/threads/t-u")).json()["status"] == "interrupted"
 
 
+async def test_runs_released_by_graceful_shutdowns_are_not_given_up_as_dead(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUN_MAX_ATTEMPTS gives up on a run whose workers keep dying; a run released to the queue
+    by graceful shutdowns (a rolling deploy, twice here) is not one of those: the next server
+    finishes it (it used to end `error`, "gave up after 2 attempts whose worker stopped")."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    quick = settings.model_copy(update={"shutdown_grace_s": 0.1, "run_max_attempts": 1})
+
+    def server() -> Any:
+        return serving_graph(quick, tmp_path, monkeypatch, "held_r", source)
+
+    async with server() as (client, _):
+        await client.post("/threads", json={"thread_id": "t-rel", "graph_id": "held_r"})
+        body = {"assistant_id": "held_r", "input": {}}
+        run_id = (await client.post("/threads/t-rel/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-rel", "first")  # checkpointed; `slow` waits
+    async with server() as (client, app):  # attempt 2 waits at `slow` too, and is released
+        for _ in range(500):
+            if (await app.state.services.db.get_run(run_id))["attempt"] == 2:
+                break
+            await asyncio.sleep(0.01)
+    (hold / "slow").unlink()
+    async with server() as (client, app):
+        finished = await ended(client, "t-rel", run_id)
+        assert "__error__" not in finished, finished
+        row = await app.state.services.db.get_run(run_id)
+        assert (row["status"], row["attempt"], row["error"]) == ("interrupted", 3, None), row
+        assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
+        shown = (await client.get(f"/threads/t-rel/runs/{run_id}")).json()["kwargs"]
+        assert "released" not in shown  # the server's own bookkeeping
+
+
 async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:  # noqa: F811
     """`if_not_exists: create` twice at once on one new id, by one caller: one creates the
     thread, the other's run joins it (queued), instead of a 409 'taken' for the caller's own

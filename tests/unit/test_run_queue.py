@@ -179,6 +179,12 @@ async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
     assert again["attempt"] == 2 and again["lease_owner"] == "w2"
 
 
+async def test_a_graceful_release_is_counted_with_the_run(db: AppDB) -> None:
+    from tests.helpers import check_graceful_releases_are_counted
+
+    await check_graceful_releases_are_counted(db)
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
