@@ -1167,6 +1167,28 @@ async def test_shutdown_releases_unfinished_runs_to_the_queue(
         await conn.close()
 
 
+async def test_requests_during_a_shutdown_get_503_with_retry_after(api: Any) -> None:
+    """As the server shuts down (the lifespan first stops taking runs, then drops its services)
+    a request gets 503 saying so, with `Retry-After` (it used to say the server was starting
+    up, and neither 503 said when to retry)."""
+    client, app = api
+    await client.post("/threads", json={"thread_id": "t-stop"})
+    body = {"assistant_id": "supervisor", "input": {"messages": ["Write a blog post"]}}
+    svc = app.state.services
+    svc.executor.accepting = False
+    try:
+        refused = await client.post("/threads/t-stop/runs", json=body)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "1"
+        app.state.services = None
+        gone = await client.get("/threads/t-stop")
+        assert gone.status_code == 503 and "shutting down" in gone.json()["detail"]
+        assert gone.headers["retry-after"] == "1"
+    finally:
+        app.state.services = svc
+        svc.executor.accepting = True
+
+
 # --- stateless runs: their thread goes when the run is over, unless on_completion=keep ----------
 async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(api: Any) -> None:
     client, app = api
