@@ -1044,7 +1044,8 @@ class AppDB:
             "jsonb_set(kwargs::jsonb, '{released}',"
             " to_jsonb(coalesce((kwargs::jsonb ->> 'released')::int, 0) + 1))::text"
             if self.dialect == "postgres"
-            else "json_set(kwargs, '$.released', coalesce(json_extract(kwargs, '$.released'), 0) + 1)"
+            else "json_set(kwargs, '$.released',"
+            " coalesce(json_extract(kwargs, '$.released'), 0) + 1)"
         )
         sql = (
             "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
