@@ -556,10 +556,13 @@ class Executor:
             status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
         except asyncio.CancelledError:
             me = asyncio.current_task()
+            cancelled = me is not None and me.cancelling() > 0  # this task, from outside
             if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
                 me.uncancel()
             self._ending.add(run_id)
-            reason = self._reasons.get(run_id, "interrupt")
+            # a cancel nobody asked for (`_stop` gives the reason) is the process going away (a
+            # second Ctrl-C: `asyncio.run` cancels every task): the run resumes on the next start
+            reason = self._reasons.get(run_id) or ("shutdown" if cancelled else "interrupt")
             return await self._recorded(
                 run_id, lambda: self._after_cancel(run, graph, config, reason, outcome)
             )

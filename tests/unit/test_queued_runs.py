@@ -339,6 +339,37 @@ async def test_runs_released_by_graceful_shutdowns_are_not_given_up_as_dead(
         assert "released" not in shown  # the server's own bookkeeping
 
 
+async def test_a_run_cancelled_by_the_process_going_away_is_released_not_interrupted(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C makes uvicorn quit at once: `asyncio.run` cancels every task, the runs'
+    included, with no cancel requested. Such a run goes back to the queue and resumes on the
+    next start (it used to be recorded `interrupted`, "cancelled", as if a client had cancelled
+    it, and was never resumed)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, app):
+        db, executor = app.state.services.db, app.state.services.executor
+        await client.post("/threads", json={"thread_id": "t-q2", "graph_id": "held_q"})
+        body = {"assistant_id": "held_q", "input": {}}
+        run_id = (await client.post("/threads/t-q2/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-q2", "first")
+        task = executor._tasks[run_id]
+        task.cancel()  # what the event loop's teardown does; no reason given
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+        row = await db.get_run(run_id)
+        assert (row["status"], row["error"], row["attempt"]) == ("pending", None, 1), row
+    (hold / "slow").unlink()
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, app):
+        finished = await ended(client, "t-q2", run_id)
+        assert "__error__" not in finished, finished
+        row = await app.state.services.db.get_run(run_id)
+        assert (row["status"], row["attempt"]) == ("interrupted", 2), row  # stopped at `ask`
+        assert row["error"] is None
+
+
 async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:  # noqa: F811
     """`if_not_exists: create` twice at once on one new id, by one caller: one creates the
     thread, the other's run joins it (queued), instead of a 409 'taken' for the caller's own
