@@ -1119,10 +1119,20 @@ def keys_revoke(
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     from app.redact import install_log_redaction
+    from app.settings import settings_error
 
     install_log_redaction()  # credential patterns in every log record (the server adds its keys)
-    app()
+    try:
+        app()
+    except ValidationError as exc:  # a setting out of range: name it, exit 2, no traceback
+        message = settings_error(exc)
+        if message is None:
+            raise
+        err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

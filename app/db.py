@@ -1063,13 +1063,22 @@ class AppDB:
         rows = await self._b.fetchall(f"SELECT {RUN_COLS} FROM runs WHERE status = 'running'")
         return [_run_row(r) for r in rows]
 
-    async def requeue_run(self, run_id: str, owner: str | None) -> bool:
+    async def requeue_run(self, run_id: str, owner: str | None, *, released: bool = False) -> bool:
         """Give a running run back to the queue (its lease expired, its process died, or a
         shutdown released it); compare-and-set on the owner so only one sweeper wins. Waits for
         an event write of the old owner in flight (it share-locks the row), so the old owner's
-        events all precede the next attempt's."""
+        events all precede the next attempt's. `released`: by a graceful shutdown, counted in
+        `kwargs.released` (such attempts are not given up on as dead: `RUN_MAX_ATTEMPTS`)."""
+        count = (
+            "jsonb_set(kwargs::jsonb, '{released}',"
+            " to_jsonb(coalesce((kwargs::jsonb ->> 'released')::int, 0) + 1))::text"
+            if self.dialect == "postgres"
+            else "json_set(kwargs, '$.released',"
+            " coalesce(json_extract(kwargs, '$.released'), 0) + 1)"
+        )
         sql = (
             "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
+            f"{f' kwargs = {count},' if released else ''}"
             " updated_at = ? WHERE run_id = ? AND status = 'running'"
         )
         params: list[Any] = [iso_us(utcnow()), run_id]

@@ -1,8 +1,9 @@
 """Run leases, shared by the CLI and the server's workers.
 
-A running run row names its owner (`host:pid:nonce`) and holds a lease that the owner renews by
-heartbeat. A run is stale when its lease expired, or at once when its owner was a process on this
-host that no longer exists (so a server restarted after `kill -9` recovers without waiting).
+A running run row names its owner (`host:pid:nonce`, host being the host's name and its PID
+namespace) and holds a lease that the owner renews by heartbeat. A run is stale when its lease
+expired, or at once when its owner was a process on this host, in this PID namespace, that no
+longer exists (so a server restarted after `kill -9` recovers without waiting).
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux; "" elsewhere). Containers with host networking share
+    the host's name but not its pids: an owner is judged by its pid only in its own namespace."""
+    try:
+        return f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+# where a run's owner runs: the host's name and, on Linux, the PID namespace
+HOST = socket.gethostname() + _pid_namespace()
 
 
 class ThreadBusyAppError(AppError):

@@ -214,12 +214,17 @@ class LocalModelServer:
                 f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting on port {self.port}\n".encode()
             )
             log.flush()
+            # in a session of its own: a Ctrl-C in the terminal (SIGINT to its foreground
+            # process group) reaches only our process, whose graceful shutdown still needs the
+            # model for its active runs; it stops the child when it exits (`stop`, and the child
+            # watches its parent)
             self._proc = subprocess.Popen(
                 self.command(self.port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                start_new_session=True,
             )
 
     def _wait_ready(self) -> None:

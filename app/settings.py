@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["auto", "openai", "local", "scripted"]
@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="postgresql://... ; unset = SQLite in DATA_DIR."
     )
-    db_pool_max_size: int = 10
+    db_pool_max_size: int = Field(
+        10, ge=1, description="Postgres connections per process (the app's pool)."
+    )
     db_prepared_statements: bool = Field(
         True,
         description="Prepare each statement on a connection's first use (as LangGraph's own "
@@ -118,7 +120,10 @@ class Settings(BaseSettings):
         30.0, gt=1, description="A running run's lease; its worker renews it every third of this."
     )
     run_max_attempts: int = Field(
-        3, ge=1, description="Attempts before a run whose workers keep dying is marked error."
+        3,
+        ge=1,
+        description="Attempts before a run whose workers keep dying is marked error (releases "
+        "by a graceful shutdown do not count).",
     )
     run_sweep_interval_s: float = Field(
         5.0, gt=0, description="How often a server looks for runs whose lease expired."
@@ -274,6 +279,19 @@ class Settings(BaseSettings):
     @property
     def uses_postgres(self) -> bool:
         return self.database_url is not None
+
+
+def settings_error(exc: ValidationError) -> str | None:
+    """What is wrong with the settings, naming each environment variable (never its value,
+    which may be a credential); None when `exc` is not about `Settings`."""
+    if exc.title != Settings.__name__:
+        return None
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        name = str(error["loc"][0]).upper() if error["loc"] else None
+        problems.append(f"{name}: {message}" if name else message)
+    return "invalid settings (environment or .env): " + "; ".join(problems)
 
 
 @cache

@@ -220,3 +220,19 @@ async def check_cancel_of_a_released_run(settings: Any, action: str) -> None:
             stream = await client.get(f"/threads/t-rel/runs/{run_id}/stream")
             last = stream.text.replace("\r\n", "\n").strip().split("\n\n")[-1]
             assert "event: end" in last and '"status":"interrupted"' in last, stream.text
+
+
+async def check_graceful_releases_are_counted(db: Any) -> None:
+    """`requeue_run(released=True)` (a graceful shutdown) counts the release in the run's
+    kwargs, keeping the rest; a requeue of a stale run (a dead worker) does not (`db`: an
+    `app.db.AppDB`)."""
+    from app.leases import lease_until
+
+    await queue_run(db, "t-rel", "r-rel", new_thread=True, kwargs={"usage_base": {"a": 1}})
+    for owner, released in (("w1", True), ("w2", False), ("w3", True)):
+        (run,) = await db.claim_runs(owner, lease_until(30), 1)
+        assert run["run_id"] == "r-rel"
+        assert await db.requeue_run("r-rel", owner, released=released)
+    row = await db.get_run("r-rel")
+    assert row["status"] == "pending" and row["attempt"] == 3
+    assert row["kwargs"] == {"usage_base": {"a": 1}, "released": 2}, row["kwargs"]

@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -130,13 +129,6 @@ def _usage_of(snapshot: Any) -> dict[str, Any]:
     return dict((snapshot.values or {}).get("usage") or {}) if snapshot is not None else {}
 
 
-def _recorded_usage(base: dict[str, Any], after_values: dict[str, Any]) -> dict[str, Any]:
-    """What a run added to the thread's usage, by agent (also counted in /metrics)."""
-    usage = _usage_delta(base, after_values.get("usage") or {})
-    _count_usage(usage)
-    return usage
-
-
 def _count_usage(usage: dict[str, Any]) -> None:
     for agent, u in usage.items():
         metrics.usage_recorded(agent, u["input_tokens"], u["output_tokens"], u["cost_usd"])
@@ -167,13 +159,23 @@ class RunOutcome:
         # the thread's usage before the run (`start_usage`), once known: what a run that fails
         # or is cancelled added is measured from it too
         self.base: dict[str, Any] | None = None
+        # what the run added, once measured (after its graph stopped): /metrics counts it once
+        # this process has recorded the run's end (`Executor._run_to_its_end`), so a recording
+        # made again (a locked database) or left to a later attempt never counts it twice
+        self.usage: dict[str, Any] | None = None
 
     def usage_in(self, snapshot: Any) -> dict[str, Any]:
-        """What the run added to the usage of the state `snapshot` (`usage_added`), counted in
-        /metrics."""
-        usage = usage_added(self.run_id, self.base, snapshot)
-        _count_usage(usage)
-        return usage
+        """What the run added to the usage of the state `snapshot` (`usage_added`); measured
+        once (a rollback deletes the run's checkpoints after it measured them)."""
+        if self.usage is None:
+            self.usage = usage_added(self.run_id, self.base, snapshot)
+        return self.usage
+
+    def usage_from(self, after_values: dict[str, Any]) -> dict[str, Any]:
+        """What the run added, from the state's values after it (the run's own)."""
+        assert self.base is not None
+        self.usage = _usage_delta(self.base, after_values.get("usage") or {})
+        return self.usage
 
     def see(self, mode: str, chunk: Any) -> None:
         if not isinstance(chunk, dict):
@@ -531,23 +533,37 @@ class Executor:
     async def _run_to_its_end(
         self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, outcome: RunOutcome
     ) -> str:
-        """Run the graph, then record how the run ended; returns the status (for metrics). Once
+        """`_run_and_record`, then /metrics counts what the run spent, once its end is recorded
+        here ("released": another attempt records it, and counts what the whole run spent)."""
+        status = await self._run_and_record(run, graph, config, outcome)
+        if status != "released":
+            _count_usage(outcome.usage or {})
+        return status
+
+    async def _run_and_record(
+        self, run: dict[str, Any], graph: Pregel, config: RunnableConfig, outcome: RunOutcome
+    ) -> str:
+        """Run the graph, then record how the run ended; returns the status (for metrics:
+        "released" when the run's lease went to another process before its end was recorded). Once
         the graph has stopped, its end is recorded whatever comes: a cancel is too late then
         (`_stop` leaves an ending run alone), and a database that is briefly locked or
         unreachable is waited for (`_recorded`)."""
         run_id = run["run_id"]
         try:
-            if run["attempt"] > self.settings.run_max_attempts:
-                raise RunGaveUpError(
-                    f"gave up after {run['attempt'] - 1} attempts whose worker stopped"
-                )
+            # the attempts before this one, less those a graceful shutdown released
+            stopped = run["attempt"] - 1 - int(run["kwargs"].get("released") or 0)
+            if stopped >= self.settings.run_max_attempts:
+                raise RunGaveUpError(f"gave up after {stopped} attempts whose worker stopped")
             status, usage, thread_status = await self._run_graph(run, graph, config, outcome)
         except asyncio.CancelledError:
             me = asyncio.current_task()
+            cancelled = me is not None and me.cancelling() > 0  # this task, from outside
             if me is not None:  # handled here: the run's bookkeeping follows, uncancelled
                 me.uncancel()
             self._ending.add(run_id)
-            reason = self._reasons.get(run_id, "interrupt")
+            # a cancel nobody asked for (`_stop` gives the reason) is the process going away (a
+            # second Ctrl-C: `asyncio.run` cancels every task): the run resumes on the next start
+            reason = self._reasons.get(run_id) or ("shutdown" if cancelled else "interrupt")
             return await self._recorded(
                 run_id, lambda: self._after_cancel(run, graph, config, reason, outcome)
             )
@@ -555,19 +571,17 @@ class Executor:
             return "released"
         except RunRefusedError as exc:  # queued behind a run that changed the thread
             self._ending.add(run_id)
-            await self._recorded(run_id, partial(self._record_refusal, run_id, exc))
-            return "error"
+            refused = await self._record_refusal(run_id, exc)
+            return "error" if refused else "released"
         except Exception as exc:  # noqa: BLE001 - the run boundary: astream handles interrupts
             # and handoff Commands inside the graph; what reaches here failed the run. It is
             # recorded on the run, streamed as `event: error`, and the worker lives on.
             self._ending.add(run_id)
             log.warning("run %s failed: %s", run_id, redact(f"{type(exc).__name__}: {exc}"))
-            await self._recorded(
-                run_id, partial(self._record_failure, run, graph, config, outcome, exc)
-            )
-            return "error"
+            failed = await self._record_failure(run, graph, config, outcome, exc)
+            return "error" if failed else "released"
         self._ending.add(run_id)  # the graph has stopped: a cancel from here on is too late
-        await self._recorded(
+        ended = await self._recorded(
             run_id,
             lambda: self.db.finish_run(
                 run_id,
@@ -579,7 +593,7 @@ class Executor:
                 end_event=True,
             ),
         )
-        return status
+        return status if ended else "released"
 
     async def _record_failure(
         self,
@@ -588,32 +602,53 @@ class Executor:
         config: RunnableConfig,
         outcome: RunOutcome,
         exc: Exception,
-    ) -> None:
+    ) -> bool:
         """`event: error`, and the run ends `error` with what its finished steps spent and saved
-        before it failed (the message without secrets: `app.redact`)."""
+        before it failed (the message without secrets: `app.redact`); made again while the
+        database is briefly unavailable (`_recorded`), the event stored once. False: the run's
+        lease went to another process first."""
         run_id = run["run_id"]
         message = redact(str(exc))[:2000]
-        await self.events.append(
-            run_id, [("error", {"error": type(exc).__name__, "message": message})]
-        )
-        usage = outcome.usage_in(await graph.aget_state(config)) if outcome.base is not None else {}
         error = f"{type(exc).__name__}: {message}"[:2000]
-        await self.db.finish_run(
-            run_id, "error", usage, error, owner=self.owner, thread_status="error"
-        )
+        sent = False
 
-    async def _record_refusal(self, run_id: str, exc: RunRefusedError) -> None:
-        """A refused run ends `error` with the reason; the thread stays as it is."""
+        async def record() -> bool:
+            nonlocal sent
+            if not sent:
+                await self.events.append(
+                    run_id, [("error", {"error": type(exc).__name__, "message": message})]
+                )
+                sent = True
+            usage = (
+                outcome.usage_in(await graph.aget_state(config)) if outcome.base is not None else {}
+            )
+            return await self.db.finish_run(
+                run_id, "error", usage, error, owner=self.owner, thread_status="error"
+            )
+
+        return await self._recorded(run_id, record)
+
+    async def _record_refusal(self, run_id: str, exc: RunRefusedError) -> bool:
+        """A refused run ends `error` with the reason; the thread stays as it is. Made again
+        while the database is briefly unavailable (`_recorded`), the event stored once."""
         name = type(exc.reason).__name__
-        await self.events.append(run_id, [("error", {"error": name, "message": str(exc)})])
-        await self.db.finish_run(
-            run_id,
-            "error",
-            {},
-            f"{name}: {exc}",
-            owner=self.owner,
-            thread_status=exc.thread_status,
-        )
+        sent = False
+
+        async def record() -> bool:
+            nonlocal sent
+            if not sent:
+                await self.events.append(run_id, [("error", {"error": name, "message": str(exc)})])
+                sent = True
+            return await self.db.finish_run(
+                run_id,
+                "error",
+                {},
+                f"{name}: {exc}",
+                owner=self.owner,
+                thread_status=exc.thread_status,
+            )
+
+        return await self._recorded(run_id, record)
 
     async def _recorded(self, run_id: str, make: Callable[[], Awaitable[T]]) -> T:
         """`make()` (the bookkeeping of a run's end), made again while the database is briefly
@@ -777,7 +812,7 @@ class Executor:
         else:
             await batcher.drain()
             after_values, thread_status = known
-        usage = _recorded_usage(base, after_values)
+        usage = outcome.usage_from(after_values)
         return (
             ("interrupted" if thread_status == "interrupted" else "success"),
             usage,
@@ -830,11 +865,11 @@ class Executor:
         if reason == "lost":  # another worker owns it now
             return "released"
         if reason == "shutdown":  # the next attempt records the usage of the whole run
-            await self.db.requeue_run(run_id, self.owner)
+            await self.db.requeue_run(run_id, self.owner, released=True)
             return "released"
         if reason == "rollback":  # as if the run never happened: its checkpoints go
-            if outcome.base is not None:  # ... but what it spent is counted (/metrics)
-                outcome.usage_in(await graph.aget_state(config))
+            if outcome.base is not None and outcome.usage is None:  # ... but what it spent is
+                outcome.usage_in(await graph.aget_state(config))  # counted (/metrics)
             await self.db.delete_run_checkpoints(thread_id, run_id)
         snapshot = await graph.aget_state(config)
         others = [r for r in await self.db.active_runs(thread_id) if r["run_id"] != run_id]
@@ -844,14 +879,14 @@ class Executor:
         if reason == "rollback":  # the thread's status first: waiters wake when the run is gone
             await self.db.update_thread(thread_id, status=status)
             await self.db.delete_run(run_id)
-        else:
-            await self.db.finish_run(
-                run_id,
-                "interrupted",
-                outcome.usage_in(snapshot),  # what its finished steps spent and saved
-                "cancelled",
-                owner=self.owner,
-                thread_status=status,
-                end_event=True,
-            )
+        elif not await self.db.finish_run(
+            run_id,
+            "interrupted",
+            outcome.usage_in(snapshot),  # what its finished steps spent and saved
+            "cancelled",
+            owner=self.owner,
+            thread_status=status,
+            end_event=True,
+        ):
+            return "released"  # another process took it over meanwhile
         return "interrupted"

@@ -50,12 +50,17 @@ class Services:
         return self.runner.storage.db
 
 
+RETRY = {"Retry-After": "1"}  # a 503 while the server starts or stops
+
+
 async def get_services(request: Request) -> Services:
     # async, though it awaits nothing: FastAPI runs a sync dependency in its thread pool, a
     # thread hop on every request
     svc: Services | None = getattr(request.app.state, "services", None)
-    if svc is None:
-        raise HTTPException(503, "the server is starting up; retry shortly")
+    if svc is None:  # (the lifespan sets it once started, and clears it as it shuts down)
+        raise HTTPException(
+            503, "the server is starting up or shutting down; retry shortly", headers=RETRY
+        )
     return svc
 
 
@@ -117,7 +122,9 @@ async def create_run(
     another one is pending (that one was answered) it is refused, at creation and again when a
     queued run starts (`app.server.turns.check_turn`)."""
     if not svc.executor.accepting:
-        raise HTTPException(503, "the server is shutting down: retry against the next one")
+        raise HTTPException(
+            503, "the server is shutting down: retry against the next one", headers=RETRY
+        )
     graph_id = svc.registry.resolve(body.assistant_id)
     if graph_id is None:
         raise not_found("assistant", body.assistant_id)

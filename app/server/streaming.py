@@ -13,8 +13,10 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.types import Send
 
 from app.server import metrics
@@ -38,6 +40,7 @@ def stream_run(
     cancel_on_disconnect: bool = False,
 ) -> EventSourceResponse:
     run_id, thread_id = run["run_id"], run["thread_id"]
+    shutdown = anyio.Event()  # set when the server closes the stream as it shuts down
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         metrics.stream_opened()
@@ -53,7 +56,9 @@ def stream_run(
         finally:
             metrics.stream_closed()
             # outside this (possibly cancelled) generator:
-            if cancel_on_disconnect and not complete:  # the client went away
+            # the client went away (not the server, shutting down: the run is left to the
+            # shutdown, finished in its grace period or released to the next server)
+            if cancel_on_disconnect and not complete and not shutdown.is_set():
                 _in_background(svc.executor.cancel(run, "interrupt"))  # (reads it)
             if complete and run.get("erase_thread"):  # a stateless run delivered: its thread goes
                 _in_background(svc.executor.erase_thread(thread_id))
@@ -68,6 +73,7 @@ def stream_run(
         headers=headers,
         ping=max(1, int(svc.settings.sse_heartbeat_s)),
         send_timeout=svc.settings.sse_send_timeout_s,
+        shutdown_event=shutdown,
     )
 
 
@@ -99,8 +105,9 @@ def wait_response(
     `Content-Location`: the run) at once, a newline every `SSE_HEARTBEAT_S` while the run is
     pending or running (JSON parsers skip leading whitespace), then `result()` as JSON — the
     same bytes a `JSONResponse` of it has. A client that goes away before the result cancels
-    the run with `cancel_on_disconnect`; with `erase_thread` the run's thread is erased once the
-    result was sent (a stateless run delivered)."""
+    the run with `cancel_on_disconnect` (a server that cuts the answer as it shuts down does
+    not); with `erase_thread` the run's thread is erased once the result was sent (a stateless
+    run delivered)."""
     run_id, thread_id = run["run_id"], run["thread_id"]
     every = max(1.0, svc.settings.sse_heartbeat_s)
 
@@ -115,8 +122,10 @@ def wait_response(
             yield bytes(JSONResponse(await result()).body)  # as a JSONResponse has it
             if erase_thread:  # before the body's end: a client that read it finds it gone
                 await svc.executor.erase_thread(thread_id)
-        except (asyncio.CancelledError, GeneratorExit):  # the client went away
-            if cancel_on_disconnect:  # outside this cancelled generator
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away ...
+            # ... or the server, shutting down, cut the answer (uvicorn's graceful timeout): the
+            # run is left to the shutdown, as in `stream_run`
+            if cancel_on_disconnect and not AppStatus.should_exit:  # outside this generator
                 _in_background(svc.executor.cancel(run, "interrupt"))  # (reads it)
             raise
         finally:

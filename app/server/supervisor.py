@@ -8,8 +8,9 @@ and the server, so the server answers at once whatever the workers are doing.
 Each worker runs in its own session (a Ctrl-C in the terminal reaches only the server, which then
 stops its workers gracefully), watches its parent and stops by itself if the server is killed.
 A worker that dies is restarted (after 0.25 s, doubling up to 30 s while it keeps dying within
-`STABLE_S` of its start); the runs it held are taken up again from their last checkpoint by the
-next worker's sweep (immediately: its process is known to be gone).
+`STABLE_S` of its start; a shutdown does not wait for that back-off); the runs it held are taken
+up again from their last checkpoint by the next worker's sweep (immediately: its process is known
+to be gone).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class WorkerPool:
         self._slots: list[_Slot] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a restart's back-off at once
 
     @property
     def pids(self) -> list[int]:
@@ -123,7 +125,7 @@ class WorkerPool:
                     slot.ready.set_exception(WorkerStartError(f"cannot start a worker: {exc}"))
                     return
                 self._say(f"cannot start a worker ({exc}); retrying in {delay:.2f} s")
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
                 delay = min(delay * 2, self.MAX_RESTART_DELAY_S)
                 continue
             slot.proc = proc
@@ -149,7 +151,14 @@ class WorkerPool:
             )
             slot.restarts += 1
             self._say(f"worker {proc.pid} {describe_exit(code)}; restarting it in {delay:.2f} s")
-            await asyncio.sleep(delay)
+            await self._back_off(delay)
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait `delay` before a restart, or until `stop()` (a worker that keeps dying does not
+        hold up the shutdown for its back-off, up to `MAX_RESTART_DELAY_S`)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
 
     async def _relay(self, slot: _Slot, proc: asyncio.subprocess.Process) -> None:
         """Copy the worker's output to ours; notice its ready line."""
@@ -167,6 +176,7 @@ class WorkerPool:
         """SIGTERM every worker (each gives its active runs the grace period, then releases
         them), SIGKILL those still running `grace_s + 10` s later."""
         self._stopping = True
+        self._stop_requested.set()
         for slot in self._slots:
             if slot.proc is not None and slot.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

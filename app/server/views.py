@@ -131,6 +131,7 @@ _INTERNAL_KWARGS = (
     "created_from",
     "usage_base",
     "checked_at",
+    "released",
 )  # the server's own, not the client's
 
 

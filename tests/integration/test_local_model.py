@@ -204,3 +204,49 @@ async def test_full_supervisor_run_on_the_local_model(tmp_path: Path) -> None:
     assert finals and finals[-1]["text"].strip()
     if approvals:
         assert any(e["type"] == "approval" for e in events)
+
+
+async def test_a_ctrl_c_in_the_terminal_leaves_the_model_to_the_graceful_shutdown(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C sends SIGINT to the terminal's whole foreground process group. `mkt serve` then
+    gives its active runs SHUTDOWN_GRACE_S to finish and releases the rest; the llama.cpp server
+    it started must outlive that signal (it used to be in the same group and stop at once, so
+    the run failed with "OpenAIConnectionError: Connection error" during the grace period)."""
+    import asyncio
+    import os
+    import signal
+    import sqlite3
+
+    import httpx
+
+    from tests.integration.serving import server_env, start_server, stop_server, user
+
+    env = server_env(
+        None, tmp_path / "data", MODEL_PROVIDER="local", SHUTDOWN_GRACE_S="60", RATE_LIMIT=""
+    )
+    srv = start_server(env, tmp_path / "server.log", workers=0)
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as c:
+            tid = (await c.post("/threads", json={})).json()["thread_id"]
+            body = {"assistant_id": "supervisor", "input": user(REQUEST)}
+            run = (await c.post(f"/threads/{tid}/runs", json=body)).json()
+            url = f"/threads/{tid}/runs/{run['run_id']}"
+            for _ in range(200):
+                if (await c.get(url)).json()["status"] == "running":
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)  # under way, model calls ahead of it
+            assert (await c.get(url)).json()["status"] == "running"
+        os.killpg(srv.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        await asyncio.to_thread(srv.proc.wait, 120)
+        with sqlite3.connect(tmp_path / "data" / "mkt.sqlite") as lite:
+            ((status, error),) = lite.execute(
+                "SELECT status, error FROM runs WHERE run_id = ?", (run["run_id"],)
+            ).fetchall()
+        assert error is None and status in ("pending", "interrupted", "success"), (status, error)
+    except BaseException:
+        print(srv.log())
+        raise
+    finally:
+        stop_server(srv)

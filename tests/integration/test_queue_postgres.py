@@ -472,3 +472,9 @@ async def test_stateless_threads_due_for_deletion_are_found_by_an_index(
     settings = Settings(model_provider="scripted", data_dir=tmp_path, database_url=pg_dsn)
     async with open_storage(settings, migrate=True) as storage:
         await check_stateless_threads_are_found_by_their_index(storage.db)
+
+
+async def test_a_graceful_release_is_counted_with_the_run(pg: tuple[AppDB, Any]) -> None:
+    from tests.helpers import check_graceful_releases_are_counted
+
+    await check_graceful_releases_are_counted(pg[0])

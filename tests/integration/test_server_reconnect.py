@@ -7,6 +7,7 @@ the run's end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -201,5 +202,58 @@ async def test_a_join_with_cancel_on_disconnect_cancels_the_run_when_the_client_
                     break
                 await asyncio.sleep(0.1)
             assert status == "interrupted"
+    finally:
+        stop_server(srv)
+
+
+async def test_a_shutdown_releases_the_runs_of_on_disconnect_cancel_clients(tmp_path: Path) -> None:
+    """SIGTERM while a stream and a `wait` with `on_disconnect=cancel` follow their runs: the
+    server cuts both answers as it shuts down (the stream at once, the wait at uvicorn's graceful
+    timeout), which is not their clients going away: the runs are released to the queue (they
+    used to be cancelled, ending `interrupted`) and the next server finishes them."""
+    import sqlite3
+
+    import httpx
+
+    data = tmp_path / "data"
+    # slow model calls: both runs are still going when the graceful timeout (0 + 5 s) ends
+    env = _env(None, data, SCRIPTED_LATENCY_MS="1500", SHUTDOWN_GRACE_S="0", SSE_HEARTBEAT_S="1")
+    log_path = tmp_path / "server.log"
+    srv = start_server(env, log_path)
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            threads = [(await c.post("/threads", json={})).json()["thread_id"] for _ in range(2)]
+            body = {"assistant_id": "supervisor", "input": user(REQUEST), "on_disconnect": "cancel"}
+
+            async def follow(path: str, started: asyncio.Event) -> None:
+                with contextlib.suppress(httpx.HTTPError):
+                    async with c.stream("POST", path, json=body) as r:
+                        started.set()
+                        async for _ in r.aiter_bytes():
+                            pass
+
+            started = [asyncio.Event(), asyncio.Event()]
+            clients = [
+                asyncio.create_task(follow(f"/threads/{threads[0]}/runs/stream", started[0])),
+                asyncio.create_task(follow(f"/threads/{threads[1]}/runs/wait", started[1])),
+            ]
+            await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 30)
+            os.kill(srv.proc.pid, signal.SIGTERM)
+            await asyncio.to_thread(srv.proc.wait, 60)
+            await asyncio.gather(*clients)
+        with contextlib.closing(sqlite3.connect(data / "mkt.sqlite")) as lite:
+            rows = lite.execute("SELECT status, attempt, error FROM runs").fetchall()
+        assert rows == [("pending", 1, None)] * 2, rows  # released, not cancelled
+        fast = {**env, "SCRIPTED_LATENCY_MS": "50"}
+        srv = start_server(fast, log_path)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            for tid in threads:
+                (run,) = (await c.get(f"/threads/{tid}/runs")).json()
+                await c.get(f"/threads/{tid}/runs/{run['run_id']}/join")
+                run = (await c.get(f"/threads/{tid}/runs/{run['run_id']}")).json()
+                assert (run["status"], run["attempt"]) == ("success", 2), run
+    except BaseException:
+        print(log_path.read_text(encoding="utf-8", errors="replace"))
+        raise
     finally:
         stop_server(srv)

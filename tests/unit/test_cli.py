@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -117,3 +121,28 @@ def test_a_clarifying_question_is_shown_to_the_person() -> None:
     assert "?" in question
     first_line = str(question).splitlines()[0]
     assert first_line.strip() and first_line.strip()[:40] in " ".join(result.output.split())
+
+
+def test_an_invalid_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
+    """A setting out of range (here ops settings of `mkt worker`, which `mkt serve` also starts)
+    stops the command with exit code 2 and one line naming each variable — not a traceback of
+    pydantic's internals with the rejected values in it."""
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "RUN_LEASE_S": "0",
+        "EVENT_RETENTION_HOURS": "-1",
+        "DB_POOL_MAX_SIZE": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "validation error" not in done.stderr
+    assert done.stderr.startswith("error: invalid settings"), done.stderr
+    for name in ("RUN_LEASE_S", "EVENT_RETENTION_HOURS", "DB_POOL_MAX_SIZE"):
+        assert name in done.stderr, done.stderr

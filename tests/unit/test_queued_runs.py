@@ -14,9 +14,18 @@ from typing import Any
 
 import pytest
 
+from app.server import metrics
 from app.settings import Settings
 from tests.helpers import PUBLISH_REQUEST
-from tests.unit.test_server_api import ASK_GRAPH, api, as_principal, serving_graph  # noqa: F401
+from tests.unit.test_server_api import (  # noqa: F401
+    ASK_GRAPH,
+    FAILING_GRAPH,
+    HELD_GRAPH,
+    api,
+    as_principal,
+    serving_graph,
+    wait_for_usage,
+)
 
 
 @contextmanager
@@ -161,6 +170,104 @@ async def test_a_runs_end_is_recorded_when_the_database_is_locked_for_a_moment(
         assert (await client.get("/threads/t-l")).json()["status"] == "interrupted"
 
 
+def locked_once(db: Any, monkeypatch: pytest.MonkeyPatch, run_id: str | None = None) -> list[str]:
+    """`db.finish_run` (of run `run_id`, else of any run) meets 'database is locked' on its
+    first call; returns the calls' run ids."""
+    real_finish = db.finish_run
+    calls: list[str] = []
+
+    async def finish(*args: Any, **kw: Any) -> Any:
+        if run_id is None or args[0] == run_id:
+            calls.append(args[0])
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+        return await real_finish(*args, **kw)
+
+    monkeypatch.setattr(db, "finish_run", finish)
+    return calls
+
+
+def tokens(agent: str) -> float:
+    """`mkt_tokens_total` of `agent`'s input tokens in the exposition (0 when absent)."""
+    prefix = f'mkt_tokens_total{{agent="{agent}",direction="input"}} '
+    lines = metrics.render()[0].decode().splitlines()
+    return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
+
+
+async def test_a_failed_runs_end_recorded_again_streams_one_error_and_counts_once(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed run's end meets 'database is locked' once and is written again: its stream has
+    one `error` event, and /metrics counts the tokens its finished steps spent once (the retry
+    used to store a second `error` event and count them twice)."""
+    fail = tmp_path / "fail"
+    fail.touch()
+    source = FAILING_GRAPH.replace("__FAIL__", repr(str(fail)))
+    metrics.reset()
+    async with serving_graph(settings, tmp_path, monkeypatch, "failing_l", source) as (client, app):
+        db = app.state.services.db
+        calls = locked_once(db, monkeypatch)
+        await client.post("/threads", json={"thread_id": "t-fl", "graph_id": "failing_l"})
+        body = {"assistant_id": "failing_l", "input": {}}
+        run = (await client.post("/threads/t-fl/runs", json=body)).json()
+        await ended(client, "t-fl", run["run_id"])
+        assert calls == [run["run_id"], run["run_id"]]
+        row = await db.get_run(run["run_id"])
+        assert row["status"] == "error" and sorted(row["usage"]) == ["first"], row
+        events = await db.events_after(run["run_id"], 0)
+        assert [e["event"] for e in events].count("error") == 1, events
+    assert tokens("first") == 10
+
+
+async def test_a_refused_runs_end_recorded_again_streams_one_error(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued run refused when it starts, whose end meets 'database is locked' once: its
+    stream has one `error` event (the retry used to store a second one)."""
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as (client, app):
+        db = app.state.services.db
+        await client.post("/threads", json={"thread_id": "t-rl", "graph_id": "ask"})
+        await client.post("/threads/t-rl/runs/wait", json={"assistant_id": "ask", "input": {}})
+        body: dict[str, Any] = {"assistant_id": "ask", "command": {"resume": "yes"}}
+        with claims_held(app):
+            first = (await client.post("/threads/t-rl/runs", json=body)).json()
+            second = (await client.post("/threads/t-rl/runs", json=body)).json()
+            calls = locked_once(db, monkeypatch, second["run_id"])
+        await ended(client, "t-rl", first["run_id"])
+        refused = await ended(client, "t-rl", second["run_id"])
+        assert refused["__error__"]["error"] == "NotInterruptedError", refused
+        assert calls == [second["run_id"]] * 2
+        events = await db.events_after(second["run_id"], 0)
+        assert [e["event"] for e in events].count("error") == 1, events
+
+
+async def test_a_cancelled_runs_end_recorded_again_counts_its_tokens_once(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled run's end meets 'database is locked' once and is written again: /metrics
+    counts what its finished steps spent once."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    metrics.reset()
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_l", source) as (client, app):
+        db = app.state.services.db
+        await client.post("/threads", json={"thread_id": "t-cl", "graph_id": "held_l"})
+        body = {"assistant_id": "held_l", "input": {}}
+        run_id = (await client.post("/threads/t-cl/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-cl", "first")
+        calls = locked_once(db, monkeypatch)
+        cancel = await client.post(
+            f"/threads/t-cl/runs/{run_id}/cancel", params={"action": "interrupt", "wait": True}
+        )
+        assert cancel.status_code == 204, cancel.text
+        assert calls == [run_id, run_id]
+        row = await db.get_run(run_id)
+        assert row["status"] == "interrupted" and sorted(row["usage"]) == ["first"], row
+    assert tokens("first") == 10
+
+
 async def test_a_run_whose_end_could_not_be_recorded_is_taken_up_again(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,6 +301,73 @@ async def test_a_run_whose_end_could_not_be_recorded_is_taken_up_again(
         row = await db.get_run(run["run_id"])
         assert (row["status"], row["attempt"]) == ("interrupted", 2), row
         assert (await client.get("/threads/t-u")).json()["status"] == "interrupted"
+
+
+async def test_runs_released_by_graceful_shutdowns_are_not_given_up_as_dead(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUN_MAX_ATTEMPTS gives up on a run whose workers keep dying; a run released to the queue
+    by graceful shutdowns (a rolling deploy, twice here) is not one of those: the next server
+    finishes it (it used to end `error`, "gave up after 2 attempts whose worker stopped")."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    quick = settings.model_copy(update={"shutdown_grace_s": 0.1, "run_max_attempts": 1})
+
+    def server() -> Any:
+        return serving_graph(quick, tmp_path, monkeypatch, "held_r", source)
+
+    async with server() as (client, _):
+        await client.post("/threads", json={"thread_id": "t-rel", "graph_id": "held_r"})
+        body = {"assistant_id": "held_r", "input": {}}
+        run_id = (await client.post("/threads/t-rel/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-rel", "first")  # checkpointed; `slow` waits
+    async with server() as (client, app):  # attempt 2 waits at `slow` too, and is released
+        for _ in range(500):
+            if (await app.state.services.db.get_run(run_id))["attempt"] == 2:
+                break
+            await asyncio.sleep(0.01)
+    (hold / "slow").unlink()
+    async with server() as (client, app):
+        finished = await ended(client, "t-rel", run_id)
+        assert "__error__" not in finished, finished
+        row = await app.state.services.db.get_run(run_id)
+        assert (row["status"], row["attempt"], row["error"]) == ("interrupted", 3, None), row
+        assert sorted(row["usage"]) == ["first", "slow"], row["usage"]
+        shown = (await client.get(f"/threads/t-rel/runs/{run_id}")).json()["kwargs"]
+        assert "released" not in shown  # the server's own bookkeeping
+
+
+async def test_a_run_cancelled_by_the_process_going_away_is_released_not_interrupted(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C makes uvicorn quit at once: `asyncio.run` cancels every task, the runs'
+    included, with no cancel requested. Such a run goes back to the queue and resumes on the
+    next start (it used to be recorded `interrupted`, "cancelled", as if a client had cancelled
+    it, and was never resumed)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "slow").touch()  # `first` runs, `slow` waits
+    source = HELD_GRAPH.replace("__HOLD__", repr(str(hold)))
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, app):
+        db, executor = app.state.services.db, app.state.services.executor
+        await client.post("/threads", json={"thread_id": "t-q2", "graph_id": "held_q"})
+        body = {"assistant_id": "held_q", "input": {}}
+        run_id = (await client.post("/threads/t-q2/runs", json=body)).json()["run_id"]
+        await wait_for_usage(client, "t-q2", "first")
+        task = executor._tasks[run_id]
+        task.cancel()  # what the event loop's teardown does; no reason given
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+        row = await db.get_run(run_id)
+        assert (row["status"], row["error"], row["attempt"]) == ("pending", None, 1), row
+    (hold / "slow").unlink()
+    async with serving_graph(settings, tmp_path, monkeypatch, "held_q", source) as (client, app):
+        finished = await ended(client, "t-q2", run_id)
+        assert "__error__" not in finished, finished
+        row = await app.state.services.db.get_run(run_id)
+        assert (row["status"], row["attempt"]) == ("interrupted", 2), row  # stopped at `ask`
+        assert row["error"] is None
 
 
 async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:  # noqa: F811

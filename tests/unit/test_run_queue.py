@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from app.db import SCHEMA_VERSION, AppDB, ThreadBusyError, open_sqlite_db, utcno
 from app.leases import (
     HOST,
     ThreadBusyAppError,
+    _pid_alive,
     is_stale,
     keep_lease,
     lease_until,
@@ -179,6 +181,12 @@ async def test_leases_heartbeat_cancel_and_requeue(db: AppDB) -> None:
     assert again["attempt"] == 2 and again["lease_owner"] == "w2"
 
 
+async def test_a_graceful_release_is_counted_with_the_run(db: AppDB) -> None:
+    from tests.helpers import check_graceful_releases_are_counted
+
+    await check_graceful_releases_are_counted(db)
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -192,6 +200,62 @@ def test_a_dead_process_on_this_host_is_recognised() -> None:
     assert not owner_is_dead(f"elsewhere:{pid}:abcd")  # another host: only the lease tells
     assert not owner_is_dead(None)
     assert os.getpid() != pid
+
+
+INNER = """
+import os, sys, time
+from app.leases import new_owner
+target = int(sys.argv[1])
+while True:  # pids in a new namespace count up from 1: fork until ours is `target`
+    child = os.fork()
+    if child == 0:
+        if os.getpid() == target:
+            print(new_owner(), flush=True)
+            time.sleep(60)
+        os._exit(0)
+    os.waitpid(child, 0)
+    if child >= target:
+        break
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_a_live_process_of_another_pid_namespace_on_this_host_is_not_taken_for_dead() -> None:
+    """Containers with host networking share the host's name but not its pids: a worker in one
+    must not judge a run's owner in another by a pid of its own namespace (it took live runs
+    over at every sweep, back and forth, until their attempts ran out)."""
+    target = next(p for p in range(30, 5000) if not _pid_alive(p))  # no such pid here
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    try:
+        proc = subprocess.Popen(
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                sys.executable,
+                "-c",
+                INNER,
+                str(target),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    except OSError as exc:
+        pytest.skip(f"cannot start a process in a new pid namespace: {exc}")
+    try:
+        assert proc.stdout is not None
+        owner = proc.stdout.readline().strip()
+        if not owner:
+            pytest.skip(f"no new pid namespace here: {proc.stderr.read() if proc.stderr else ''}")
+        assert owner.split(":")[-2] == str(target)  # a pid that is dead in our namespace
+        assert not owner_is_dead(owner)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 async def test_cli_run_takes_over_a_dead_process_but_not_a_live_one(db: AppDB) -> None:

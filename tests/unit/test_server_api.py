@@ -872,6 +872,45 @@ async def test_wait_and_join_stream_their_answer_and_keep_the_connection_alive(
         assert app.state.services.executor.active == 0
 
 
+@pytest.mark.parametrize("shutting_down", [False, True])
+async def test_a_wait_cut_by_the_servers_shutdown_leaves_its_run_to_the_shutdown(
+    monkeypatch: pytest.MonkeyPatch, shutting_down: bool
+) -> None:
+    """A `wait` with `on_disconnect=cancel` whose answer is cut (its task cancelled): by its
+    client going away, the run is cancelled; by the server shutting down (uvicorn cancels what
+    is left at its graceful timeout), it is not — the shutdown finishes it in its grace period
+    or releases it to the next server (it used to be cancelled, ending `interrupted`)."""
+    from sse_starlette.sse import AppStatus
+
+    from app.server import streaming
+
+    cancelled: list[str] = []
+
+    class Executor:
+        async def wait_until_done(self, run_id: str) -> None:
+            await asyncio.Event().wait()  # the run goes on
+
+        async def cancel(self, run: dict[str, Any], action: str) -> None:
+            cancelled.append(action)
+
+    svc: Any = type("Svc", (), {"executor": Executor(), "settings": Settings()})()
+    monkeypatch.setattr(AppStatus, "should_exit", shutting_down)
+
+    async def result() -> Any:
+        raise AssertionError("the run has no result yet")
+
+    response = streaming.wait_response(
+        svc, {"run_id": "r", "thread_id": "t"}, result, cancel_on_disconnect=True
+    )
+    sending = asyncio.create_task(response.body_iterator.__anext__())
+    await asyncio.sleep(0.05)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await asyncio.gather(*streaming._background)
+    assert cancelled == ([] if shutting_down else ["interrupt"])
+
+
 FAILING_GRAPH = (
     USAGE_GRAPH_HEAD
     + """
@@ -1144,6 +1183,28 @@ async def test_shutdown_releases_unfinished_runs_to_the_queue(
         assert thread is not None and thread["status"] == "busy"
     finally:
         await conn.close()
+
+
+async def test_requests_during_a_shutdown_get_503_with_retry_after(api: Any) -> None:
+    """As the server shuts down (the lifespan first stops taking runs, then drops its services)
+    a request gets 503 saying so, with `Retry-After` (it used to say the server was starting
+    up, and neither 503 said when to retry)."""
+    client, app = api
+    await client.post("/threads", json={"thread_id": "t-stop"})
+    body = {"assistant_id": "supervisor", "input": {"messages": ["Write a blog post"]}}
+    svc = app.state.services
+    svc.executor.accepting = False
+    try:
+        refused = await client.post("/threads/t-stop/runs", json=body)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "1"
+        app.state.services = None
+        gone = await client.get("/threads/t-stop")
+        assert gone.status_code == 503 and "shutting down" in gone.json()["detail"]
+        assert gone.headers["retry-after"] == "1"
+    finally:
+        app.state.services = svc
+        svc.executor.accepting = True
 
 
 # --- stateless runs: their thread goes when the run is over, unless on_completion=keep ----------

@@ -482,6 +482,31 @@ async def test_the_pool_restarts_a_killed_worker_and_stops_workers_with_sigterm(
     assert capsys.readouterr().out.count("stopped") == 2  # each got SIGTERM and said so
 
 
+async def test_a_worker_waiting_for_its_restart_does_not_hold_up_the_stop(tmp_path: Path) -> None:
+    """A worker that died and waits out its restart back-off (up to 30 s while it keeps dying):
+    `stop()` ends the wait at once instead of waiting for it, then for its grace period + 10 s."""
+    started = tmp_path / "started"
+    once = (  # the first worker gets ready and dies at once; a restarted one would stay up
+        "import os, pathlib, sys, time\n"
+        f"p = pathlib.Path({str(started)!r})\n"
+        "first = not p.exists()\n"
+        "p.touch()\n"
+        "print(f'mkt worker[{os.getpid()}]: ready: fake', flush=True)\n"
+        "sys.exit(3) if first else time.sleep(120)\n"
+    )
+    said: list[str] = []
+    pool = WorkerPool(1, grace_s=60.0, command=[sys.executable, "-c", once], say=said.append)
+    pool.RESTART_DELAY_S = 60.0  # the back-off outlasts the test
+    await pool.start()
+    for _ in range(200):
+        if said:
+            break
+        await asyncio.sleep(0.05)
+    assert "exited with code 3; restarting it in" in said[0], said
+    await asyncio.wait_for(pool.stop(), 10)  # old: the back-off, then 60 + 10 s
+    assert pool.pids == [] and pool.restarts == 1
+
+
 async def test_a_worker_that_cannot_start_fails_the_start_with_its_output() -> None:
     pool = WorkerPool(
         1,
