@@ -23,7 +23,7 @@ from app.db import StorageNotMigratedError, utcnow
 from app.errors import AppError
 from app.models import ModelConfigError
 from app.runner import Runner
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, settings_error
 from tools.knowledge import get_knowledge_base
 
 app = typer.Typer(
@@ -76,16 +76,16 @@ def _run(coro: Any) -> Any:
 
 def _settings(provider: str | None = None) -> Settings:
     """The process settings (`--provider` applied); a setting the environment or `.env` gets
-    wrong is an error naming the variable (exit code 2), not a traceback."""
+    wrong is an error naming the variable (exit code 2), not a traceback (`settings_error`)."""
     try:
         return apply_provider_override(provider)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        source = "--provider, environment or .env" if provider else "environment or .env"
-        _fail(f"invalid setting ({source}): {problems}")
+        message = settings_error(exc)
+        if message is None:
+            raise
+        if provider:
+            message += f" (--provider {provider!r} sets MODEL_PROVIDER)"
+        _fail(message)
         raise  # (not reached: _fail exits)
 
 
@@ -1119,10 +1119,7 @@ def keys_revoke(
 
 
 def main() -> None:
-    from pydantic import ValidationError
-
     from app.redact import install_log_redaction
-    from app.settings import settings_error
 
     install_log_redaction()  # credential patterns in every log record (the server adds its keys)
     try:
