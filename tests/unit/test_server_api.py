@@ -8,6 +8,7 @@ import asyncio
 import gc
 import inspect
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -497,7 +498,9 @@ graph = builder.compile()
 async def serving_graph(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The API serving only `source` as graph `name` (its own langgraph.json)."""
+    """The API serving only `source` as graph `name` (its own langgraph.json). The module is
+    imported afresh: another test's `{name}_graph` (its own `source`) may be in `sys.modules`."""
+    monkeypatch.delitem(sys.modules, f"{name}_graph", raising=False)
     (tmp_path / f"{name}_graph.py").write_text(source)
     (tmp_path / "langgraph.json").write_text(
         json.dumps({"graphs": {name: f"./{name}_graph.py:graph"}})
