@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_socket
@@ -45,6 +46,15 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(model_provider="scripted", data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
+    """(client, app): an httpx client on the whole server app in this process, started."""
+    from tests.helpers import served
+
+    async with served(settings) as both:
+        yield both
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
-"""Small helpers for driving the runner in tests."""
+"""Small helpers for driving the runner and the in-process server in tests."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
+
 from app.runner import Runner
+from app.settings import Settings
 
 CAMPAIGN = (
     "Research what runners say about carbon-plated trail shoes, write a launch blog post and "
@@ -236,3 +240,37 @@ async def check_graceful_releases_are_counted(db: Any) -> None:
     row = await db.get_run("r-rel")
     assert row["status"] == "pending" and row["attempt"] == 3
     assert row["kwargs"] == {"usage_base": {"a": 1}, "released": 2}, row["kwargs"]
+
+
+@asynccontextmanager
+async def served(
+    settings: Settings, *, workers: int | None = None, raise_app_exceptions: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """(client, app): an httpx client on the whole server app in this process, started (its
+    lifespan) and stopped around the block."""
+    from app.server.app import create_app
+
+    app = create_app(settings, workers=workers)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app
+
+
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI HTTP scope, for tests that call an app with their own `receive` and `send`."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+        "state": {},
+    }

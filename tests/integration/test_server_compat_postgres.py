@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
 from pydantic import SecretStr
 
-from app.server.app import create_app
 from app.settings import Settings
 from app.storage import migrate
+from tests.helpers import served
 from tests.unit.test_server_compat import check_run_metadata, check_thread_copy
 
 pytestmark = pytest.mark.integration
@@ -25,11 +24,8 @@ async def pg_sdk(pg_dsn: str, tmp_path: Path) -> AsyncIterator[LangGraphClient]:
         model_provider="scripted", data_dir=tmp_path / "data", database_url=SecretStr(pg_dsn)
     )
     await migrate(s)
-    app = create_app(s, workers=0)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield LangGraphClient(http)
+    async with served(s, workers=0) as (http, _):
+        yield LangGraphClient(http)
 
 
 async def test_a_copied_thread_has_the_state_history_and_pending_approval(

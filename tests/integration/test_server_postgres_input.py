@@ -13,10 +13,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.server.app import create_app
 from app.server.events import encode_event
 from app.settings import Settings
 from app.storage import migrate
+from tests.helpers import served
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +29,9 @@ async def pg_api(pg_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[httpx.Async
         model_provider="scripted", data_dir=tmp_path / "data", database_url=SecretStr(pg_dsn)
     )
     await migrate(s)
-    app = create_app(s, workers=0)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            assert (await client.post("/threads", json={"thread_id": "t-1"})).status_code == 200
-            yield client, app
+    async with served(s, workers=0, raise_app_exceptions=False) as (client, app):
+        assert (await client.post("/threads", json={"thread_id": "t-1"})).status_code == 200
+        yield client, app
 
 
 @pytest.mark.parametrize(

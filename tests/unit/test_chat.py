@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,10 @@ import pytest
 
 from app.server.app import create_app
 from app.settings import Settings
-from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST, http_scope, served
 from tests.unit.test_server_api import as_principal, sse_events
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app
 
 
 async def chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -197,27 +187,24 @@ async def test_conflicts_tell_a_chat_client_what_it_can_do(settings: Settings) -
     """The 409s name the chat endpoint's own remedies: a run in progress -> follow it with
     GET /chat/{id}/stream (a chat body has no `multitask_strategy`, which the SDK routes' message
     suggested); a pending approval -> POST /chat/{id}/approval (not `mkt chat`)."""
-    app = create_app(settings.model_copy(update={"scripted_latency_ms": 300}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await client.post("/threads", json={"thread_id": "busy"})
-            r = await client.post(
-                "/threads/busy/runs",
-                json={"assistant_id": "supervisor", "input": {"messages": [PUBLISH_REQUEST]}},
-            )
-            assert r.status_code == 200, r.text
-            for url, body in (
-                ("/chat", {"message": "hello", "thread_id": "busy"}),
-                ("/chat/busy/approval", {"answer": {"type": "accept"}}),
-            ):
-                r = await client.post(url, json=body)
-                assert r.status_code == 409, r.text
-                detail = r.json()["detail"]
-                assert "GET /chat/busy/stream" in detail and "multitask_strategy" not in detail
-            await client.get("/chat/busy/stream")  # to its end: waiting for the approval
-            r = await client.post("/chat", json={"message": "hello", "thread_id": "busy"})
-            assert r.status_code == 409 and "POST /chat/busy/approval" in r.json()["detail"]
+    async with served(settings.model_copy(update={"scripted_latency_ms": 300})) as (client, _):
+        await client.post("/threads", json={"thread_id": "busy"})
+        r = await client.post(
+            "/threads/busy/runs",
+            json={"assistant_id": "supervisor", "input": {"messages": [PUBLISH_REQUEST]}},
+        )
+        assert r.status_code == 200, r.text
+        for url, body in (
+            ("/chat", {"message": "hello", "thread_id": "busy"}),
+            ("/chat/busy/approval", {"answer": {"type": "accept"}}),
+        ):
+            r = await client.post(url, json=body)
+            assert r.status_code == 409, r.text
+            detail = r.json()["detail"]
+            assert "GET /chat/busy/stream" in detail and "multitask_strategy" not in detail
+        await client.get("/chat/busy/stream")  # to its end: waiting for the approval
+        r = await client.post("/chat", json={"message": "hello", "thread_id": "busy"})
+        assert r.status_code == 409 and "POST /chat/busy/approval" in r.json()["detail"]
 
 
 def documented_events() -> dict[str, Any]:
@@ -284,21 +271,18 @@ async def test_a_cancelled_chat_run_ends_interrupted_without_an_approval(
 ) -> None:
     """As the README says: a cancelled run's chat stream ends `interrupted` with no `approval`
     before it and no `final`."""
-    app = create_app(settings.model_copy(update={"scripted_latency_ms": 300}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            streaming = asyncio.create_task(
-                client.post("/chat", json={"message": CAMPAIGN, "thread_id": "cx"})
-            )
-            for _ in range(200):
-                runs = (await client.get("/threads/cx/runs")).json() if not streaming.done() else []
-                if isinstance(runs, list) and runs and runs[0]["status"] == "running":
-                    break
-                await asyncio.sleep(0.02)
-            r = await client.post(f"/threads/cx/runs/{runs[0]['run_id']}/cancel?wait=true")
-            assert r.status_code in (200, 202, 204), r.text
-            events = sse_events((await streaming).text)
+    async with served(settings.model_copy(update={"scripted_latency_ms": 300})) as (client, _):
+        streaming = asyncio.create_task(
+            client.post("/chat", json={"message": CAMPAIGN, "thread_id": "cx"})
+        )
+        for _ in range(200):
+            runs = (await client.get("/threads/cx/runs")).json() if not streaming.done() else []
+            if isinstance(runs, list) and runs and runs[0]["status"] == "running":
+                break
+            await asyncio.sleep(0.02)
+        r = await client.post(f"/threads/cx/runs/{runs[0]['run_id']}/cancel?wait=true")
+        assert r.status_code in (200, 202, 204), r.text
+        events = sse_events((await streaming).text)
     assert of_type(events, "end")[0]["status"] == "interrupted"
     assert not of_type(events, "approval") and not of_type(events, "final")
 
@@ -326,20 +310,9 @@ async def test_the_run_carries_on_when_the_chat_client_goes_away(settings: Setti
             if message["type"] == "http.response.body" and message.get("body"):
                 first_chunk.set()
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/chat",
-            "raw_path": b"/chat",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("test", 80),
-        }
+        scope = http_scope(
+            "POST", "/chat", [(b"content-type", b"application/json"), (b"host", b"test")]
+        )
         await asyncio.wait_for(app(scope, receive, send), timeout=60)
         assert sent[0]["status"] == 200
         streamed = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

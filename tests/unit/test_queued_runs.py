@@ -17,11 +17,10 @@ import pytest
 from app.server import metrics
 from app.settings import Settings
 from tests.helpers import PUBLISH_REQUEST
-from tests.unit.test_server_api import (  # noqa: F401
+from tests.unit.test_server_api import (
     ASK_GRAPH,
     FAILING_GRAPH,
     HELD_GRAPH,
-    api,
     as_principal,
     serving_graph,
     wait_for_usage,
@@ -79,7 +78,7 @@ async def test_a_queued_resume_is_checked_again_when_it_starts(
 
 
 async def test_a_queued_request_does_not_skip_an_approval_the_run_before_it_asked_for(
-    api: Any,  # noqa: F811
+    api: Any,
 ) -> None:
     """A second request queued behind one that stops for a publish approval would discard the
     approval if it ran. It ends `error` (a new request on a thread waiting for approval), the
@@ -370,7 +369,7 @@ async def test_a_run_cancelled_by_the_process_going_away_is_released_not_interru
         assert row["error"] is None
 
 
-async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:  # noqa: F811
+async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> None:
     """`if_not_exists: create` twice at once on one new id, by one caller: one creates the
     thread, the other's run joins it (queued), instead of a 409 'taken' for the caller's own
     thread."""
@@ -390,7 +389,7 @@ async def test_two_requests_that_create_one_new_thread_both_run(api: Any) -> Non
 
 
 async def test_another_tenants_thread_id_is_never_checked_against_its_state(
-    api: Any,  # noqa: F811
+    api: Any,
 ) -> None:
     """`if_not_exists: create` on an id another tenant holds: the caller has no such thread, so
     its request is never checked against the other tenant's state (a pending approval, the

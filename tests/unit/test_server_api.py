@@ -23,16 +23,7 @@ from app.server.auth import Principal, current_principal
 from app.server.registry import DEFAULT_CONFIG, Registry, assistant_id_for, read_graph_specs
 from app.settings import AGENTS, Settings
 from graphs.supervisor import AGENT_NODES
-from tests.helpers import CAMPAIGN, PUBLISH_REQUEST
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app
+from tests.helpers import CAMPAIGN, PUBLISH_REQUEST, served
 
 
 def as_principal(app: Any, tenant: str, role: str) -> None:
@@ -506,11 +497,9 @@ async def serving_graph(
         json.dumps({"graphs": {name: f"./{name}_graph.py:graph"}})
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    app = create_app(settings.model_copy(update={"langgraph_config": tmp_path / "langgraph.json"}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app
+    config = tmp_path / "langgraph.json"
+    async with served(settings.model_copy(update={"langgraph_config": config})) as both:
+        yield both
 
 
 async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
@@ -519,8 +508,8 @@ async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
     """Two tasks in one step: one finishes, the other stops for approval. The finished task's
     output is saved on the checkpoint as a pending write; the resumed run must not count its
     usage again (its base is the thread's live state, pending writes applied)."""
-    served = serving_graph(settings, tmp_path, monkeypatch, "parallel", PARALLEL_GRAPH)
-    async with served as (client, app):
+    serving = serving_graph(settings, tmp_path, monkeypatch, "parallel", PARALLEL_GRAPH)
+    async with serving as (client, app):
         made = await client.post("/threads", json={"thread_id": "t-par", "graph_id": "parallel"})
         assert made.status_code == 200, made.text
         first = await client.post(
@@ -540,8 +529,8 @@ async def test_a_resumed_runs_usage_leaves_out_tasks_that_finished_before_it(
 async def ask_api(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as served:
-        yield served
+    async with serving_graph(settings, tmp_path, monkeypatch, "ask", ASK_GRAPH) as both:
+        yield both
 
 
 async def test_a_run_stopped_by_interrupt_is_interrupted_even_with_hidden_tasks(
@@ -1154,27 +1143,24 @@ async def test_shutdown_releases_unfinished_runs_to_the_queue(
 ) -> None:
     """A run still going when the grace period ends goes back to `pending` (no owner, no lease)
     and its thread stays `busy` until the next server resumes it."""
-    app = create_app(
+    async with served(
         settings.model_copy(update={"shutdown_grace_s": 0.1, "scripted_latency_ms": 500})
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await client.post("/threads", json={"thread_id": "t-long"})
-            run = (
-                await client.post(
-                    "/threads/t-long/runs",
-                    json={
-                        "assistant_id": "supervisor",
-                        "input": {"messages": ["Write a blog post"]},
-                    },
-                )
-            ).json()
-            svc = app.state.services
-            for _ in range(100):
-                if (await svc.db.get_run(run["run_id"]))["status"] == "running":
-                    break
-                await asyncio.sleep(0.02)
+    ) as (client, app):
+        await client.post("/threads", json={"thread_id": "t-long"})
+        run = (
+            await client.post(
+                "/threads/t-long/runs",
+                json={
+                    "assistant_id": "supervisor",
+                    "input": {"messages": ["Write a blog post"]},
+                },
+            )
+        ).json()
+        svc = app.state.services
+        for _ in range(100):
+            if (await svc.db.get_run(run["run_id"]))["status"] == "running":
+                break
+            await asyncio.sleep(0.02)
     from app.db import open_sqlite_db
 
     db, conn = await open_sqlite_db(settings.sqlite_path)
@@ -1287,50 +1273,45 @@ async def test_stateless_threads_whose_client_went_away_go_after_a_grace_period(
 async def test_rollback_of_a_resume_restores_the_pending_approval(tmp_path: Path) -> None:
     # slow model calls keep the resumed run busy long enough to cancel it mid-way
     settings = Settings(model_provider="scripted", data_dir=tmp_path / "d", scripted_latency_ms=300)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await client.post("/threads", json={"thread_id": "t-rb"})
-            body = {
-                "assistant_id": "supervisor",
-                "input": {"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
-            }
-            assert (
-                "__interrupt__" in (await client.post("/threads/t-rb/runs/wait", json=body)).json()
-            )
-            before = (await client.get("/threads/t-rb/state")).json()
-            assert before["interrupts"] and before["next"]
-            (first,) = (await client.get("/threads/t-rb/runs")).json()
-            db = app.state.services.db  # where each run started is recorded as it starts
-            assert (await db.get_run(first["run_id"]))["before_checkpoint_id"] == ""  # new thread
+    async with served(settings) as (client, app):
+        await client.post("/threads", json={"thread_id": "t-rb"})
+        body = {
+            "assistant_id": "supervisor",
+            "input": {"messages": [{"role": "user", "content": PUBLISH_REQUEST}]},
+        }
+        assert "__interrupt__" in (await client.post("/threads/t-rb/runs/wait", json=body)).json()
+        before = (await client.get("/threads/t-rb/state")).json()
+        assert before["interrupts"] and before["next"]
+        (first,) = (await client.get("/threads/t-rb/runs")).json()
+        db = app.state.services.db  # where each run started is recorded as it starts
+        assert (await db.get_run(first["run_id"]))["before_checkpoint_id"] == ""  # new thread
 
-            run = (
-                await client.post(
-                    "/threads/t-rb/runs",
-                    json={"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}},
-                )
-            ).json()
-            for _ in range(200):  # the resumed run has checkpointed past the approval
-                state = (await client.get("/threads/t-rb/state")).json()
-                if state["checkpoint"]["checkpoint_id"] != before["checkpoint"]["checkpoint_id"]:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("the resumed run never checkpointed")
-            started_at = (await db.get_run(run["run_id"]))["before_checkpoint_id"]
-            assert started_at == before["checkpoint"]["checkpoint_id"]  # the head it resumed
-            r = await client.post(
-                f"/threads/t-rb/runs/{run['run_id']}/cancel",
-                params={"action": "rollback", "wait": True},
+        run = (
+            await client.post(
+                "/threads/t-rb/runs",
+                json={"assistant_id": "supervisor", "command": {"resume": {"type": "accept"}}},
             )
-            assert r.status_code == 204
-            after = (await client.get("/threads/t-rb/state")).json()
-            assert after["checkpoint"] == before["checkpoint"]  # the very same head, not a copy
-            assert after["values"] == before["values"] and after["next"] == before["next"]
-            assert after["interrupts"] == before["interrupts"]
-            assert (await client.get("/threads/t-rb")).json()["status"] == "interrupted"
-            assert (await client.get(f"/threads/t-rb/runs/{run['run_id']}")).status_code == 404
+        ).json()
+        for _ in range(200):  # the resumed run has checkpointed past the approval
+            state = (await client.get("/threads/t-rb/state")).json()
+            if state["checkpoint"]["checkpoint_id"] != before["checkpoint"]["checkpoint_id"]:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the resumed run never checkpointed")
+        started_at = (await db.get_run(run["run_id"]))["before_checkpoint_id"]
+        assert started_at == before["checkpoint"]["checkpoint_id"]  # the head it resumed
+        r = await client.post(
+            f"/threads/t-rb/runs/{run['run_id']}/cancel",
+            params={"action": "rollback", "wait": True},
+        )
+        assert r.status_code == 204
+        after = (await client.get("/threads/t-rb/state")).json()
+        assert after["checkpoint"] == before["checkpoint"]  # the very same head, not a copy
+        assert after["values"] == before["values"] and after["next"] == before["next"]
+        assert after["interrupts"] == before["interrupts"]
+        assert (await client.get("/threads/t-rb")).json()["status"] == "interrupted"
+        assert (await client.get(f"/threads/t-rb/runs/{run['run_id']}")).status_code == 404
 
 
 async def test_a_served_app_exempts_its_startup_heap_from_garbage_collection(
@@ -1344,19 +1325,19 @@ async def test_a_served_app_exempts_its_startup_heap_from_garbage_collection(
         plain = create_app(settings)
         async with plain.router.lifespan_context(plain):
             assert gc.get_freeze_count() == 0
-        served = create_app(settings, freeze_heap=True)
-        async with served.router.lifespan_context(served):
+        frozen_app = create_app(settings, freeze_heap=True)
+        async with frozen_app.router.lifespan_context(frozen_app):
             frozen = gc.get_freeze_count()
             assert frozen > 100_000  # modules, graphs, schemas
             # runs execute in this process (SQLite): once the first has ended, what it loaded
             # for good (modules imported on first use, caches) is frozen too, once
-            transport = httpx.ASGITransport(app=served)
+            transport = httpx.ASGITransport(app=frozen_app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 body = {"assistant_id": "supervisor", "input": {"messages": ["Write a blog post"]}}
                 for _ in range(2):
                     done = await client.post("/runs/wait", json=body)
                     assert done.status_code == 200, done.text
-                    assert served.state.services.executor.after_first_run is None
+                    assert frozen_app.state.services.executor.after_first_run is None
             assert gc.get_freeze_count() != frozen
     finally:
         gc.unfreeze()

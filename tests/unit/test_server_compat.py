@@ -8,24 +8,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
 
-from app.server.app import create_app
 from app.settings import Settings
-from tests.helpers import PUBLISH_REQUEST
+from tests.helpers import PUBLISH_REQUEST, served
 
 
 @pytest.fixture
 async def sdk(settings: Settings) -> AsyncIterator[LangGraphClient]:
     """The SDK's own client over the app in this process (what `get_client(url=...)` builds,
     with an ASGI transport instead of a socket)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield LangGraphClient(http)
+    async with served(settings) as (http, _):
+        yield LangGraphClient(http)
 
 
 async def _threads(sdk: LangGraphClient, n: int, **metadata: Any) -> list[str]:

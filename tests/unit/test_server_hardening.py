@@ -17,11 +17,10 @@ from pydantic import SecretStr
 from app.db import open_sqlite_db
 from app.leases import lease_until
 from app.redact import forget_secrets
-from app.server.app import create_app
 from app.server.events import EventLog, RunSignals, encode_event, parse_last_event_id
 from app.server.serde import dumps
 from app.settings import Settings
-from tests.helpers import queue_run
+from tests.helpers import queue_run, served
 from tests.unit.test_server_api import serving_graph, sse_events
 
 H = {"content-type": "application/json"}
@@ -96,12 +95,9 @@ async def two_step(
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (supervisor graphs), 500s answered rather than raised."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            assert (await client.post("/threads", json={"thread_id": "t-1"})).status_code == 200
-            yield client
+    async with served(settings, raise_app_exceptions=False) as (client, _):
+        assert (await client.post("/threads", json={"thread_id": "t-1"})).status_code == 200
+        yield client
 
 
 # --- secrets ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from app.redact import forget_secrets
 from app.server import metrics
 from app.server.security import describe_validation_errors
 from app.settings import Settings
+from tests.helpers import http_scope
 from tests.security_app import build_app
 
 RUN = {"assistant_id": "supervisor"}
@@ -225,21 +226,7 @@ async def test_content_length_must_be_a_number(tmp_path: Path, db: AppDB) -> Non
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/threads/t1/runs",
-        "raw_path": b"/threads/t1/runs",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-length", b"lots")],
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = http_scope("POST", "/threads/t1/runs", [(b"content-length", b"lots")])
     await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 400
     assert b"Content-Length is not a byte count" in sent[1]["body"]  # type: ignore[operator]
