@@ -152,24 +152,40 @@ async def _chat_conflicts(thread_id: str) -> AsyncIterator[None]:
         ) from None
 
 
+async def _chat_run(
+    svc: Services,
+    principal: Principal,
+    thread_id: str,
+    context: dict[str, Any] | None,
+    *,
+    interrupt_id: str | None = None,
+    **request: Any,
+) -> EventSourceResponse:
+    """A chat turn: a supervisor run (`request`: its input or command, and more fields of a
+    run's body) that is refused while another runs, streamed as chat events."""
+    body = RunCreate(
+        assistant_id="supervisor",
+        stream_mode=CHAT_MODES,
+        context=context,
+        multitask_strategy="reject",
+        **request,
+    )
+    run = await create_run(svc, principal, thread_id, body, interrupt_id=interrupt_id)
+    return _stream(svc, run)
+
+
 @router.post("/chat", summary="Send a message; SSE of tokens, progress and approval requests")
 async def chat(body: ChatMessage, svc: Svc, principal: Editor) -> EventSourceResponse:
     thread_id = body.thread_id or str(uuid.uuid4())
     async with _chat_conflicts(thread_id):
-        run = await create_run(
+        return await _chat_run(
             svc,
             principal,
             thread_id,
-            RunCreate(
-                assistant_id="supervisor",
-                input={"messages": [{"role": "user", "content": body.message}]},
-                stream_mode=CHAT_MODES,
-                context=body.context,
-                multitask_strategy="reject",
-                if_not_exists="create",
-            ),
+            body.context,
+            input={"messages": [{"role": "user", "content": body.message}]},
+            if_not_exists="create",
         )
-    return _stream(svc, run)
 
 
 @router.post(
@@ -184,20 +200,14 @@ async def approve(
         # a run in progress may be about to ask: say so, not "nothing to resume"
         if await svc.db.active_runs(thread_id):
             raise ThreadBusy(thread_id)
-        run = await create_run(
+        return await _chat_run(
             svc,
             principal,
             thread_id,
-            RunCreate(
-                assistant_id="supervisor",
-                command=CommandBody(resume=body.answer),
-                stream_mode=CHAT_MODES,
-                context=body.context,
-                multitask_strategy="reject",
-            ),
+            body.context,
             interrupt_id=body.interrupt_id,
+            command=CommandBody(resume=body.answer),
         )
-    return _stream(svc, run)
 
 
 @router.get(
