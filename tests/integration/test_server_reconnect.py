@@ -132,6 +132,16 @@ async def test_sdk_wait_survives_a_server_kill_9_and_restart(tmp_path: Path) -> 
             stop_server(srv)
 
 
+async def ended_run(c: Any, url: str) -> dict[str, Any]:
+    """The run at `url` once it has ended (up to 10 s; then as it is)."""
+    for _ in range(100):
+        run: dict[str, Any] = (await c.get(url)).json()
+        if run["status"] not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.1)
+    return run
+
+
 async def test_wait_answers_at_once_and_on_disconnect_cancel_cancels(tmp_path: Path) -> None:
     """Over a real connection: `/runs/wait`'s headers come while the run is going, then keep-alive
     newlines every `SSE_HEARTBEAT_S`, then the result. With `on_disconnect=cancel`, a client that
@@ -159,11 +169,7 @@ async def test_wait_answers_at_once_and_on_disconnect_cancel_cancels(tmp_path: P
             async with c.stream("POST", f"/threads/{tid}/runs/wait", json=wait) as r:
                 await asyncio.sleep(1.5)  # the client gives up before the end and closes
             (run,) = (await c.get(f"/threads/{tid}/runs")).json()
-            for _ in range(100):
-                run = (await c.get(f"/threads/{tid}/runs/{run['run_id']}")).json()
-                if run["status"] not in ("pending", "running"):
-                    break
-                await asyncio.sleep(0.1)
+            run = await ended_run(c, f"/threads/{tid}/runs/{run['run_id']}")
             assert run["status"] == "interrupted", run
     finally:
         stop_server(srv)
@@ -196,12 +202,8 @@ async def test_a_join_with_cancel_on_disconnect_cancels_the_run_when_the_client_
 
             assert await leave_after(1.0) in ("pending", "running")  # it carries on
             await leave_after(1.0, cancel_on_disconnect="true")
-            for _ in range(100):
-                status = (await c.get(base)).json()["status"]
-                if status not in ("pending", "running"):
-                    break
-                await asyncio.sleep(0.1)
-            assert status == "interrupted"
+            run = await ended_run(c, base)
+            assert run["status"] == "interrupted", run
     finally:
         stop_server(srv)
 
