@@ -607,45 +607,54 @@ class Executor:
         before it failed (the message without secrets: `app.redact`); made again while the
         database is briefly unavailable (`_recorded`), the event stored once. False: the run's
         lease went to another process first."""
-        run_id = run["run_id"]
         message = redact(str(exc))[:2000]
-        error = f"{type(exc).__name__}: {message}"[:2000]
-        sent = False
 
-        async def record() -> bool:
-            nonlocal sent
-            if not sent:
-                await self.events.append(
-                    run_id, [("error", {"error": type(exc).__name__, "message": message})]
-                )
-                sent = True
-            usage = (
-                outcome.usage_in(await graph.aget_state(config)) if outcome.base is not None else {}
-            )
-            return await self.db.finish_run(
-                run_id, "error", usage, error, owner=self.owner, thread_status="error"
-            )
+        async def usage() -> dict[str, Any]:
+            if outcome.base is None:
+                return {}
+            return outcome.usage_in(await graph.aget_state(config))
 
-        return await self._recorded(run_id, record)
+        return await self._end_with_error(
+            run["run_id"],
+            type(exc).__name__,
+            message,
+            f"{type(exc).__name__}: {message}"[:2000],
+            "error",
+            usage,
+        )
 
     async def _record_refusal(self, run_id: str, exc: RunRefusedError) -> bool:
-        """A refused run ends `error` with the reason; the thread stays as it is. Made again
-        while the database is briefly unavailable (`_recorded`), the event stored once."""
+        """A refused run ends `error` with the reason; the thread stays as it is."""
         name = type(exc.reason).__name__
+
+        async def nothing() -> dict[str, Any]:
+            return {}
+
+        return await self._end_with_error(
+            run_id, name, str(exc), f"{name}: {exc}", exc.thread_status, nothing
+        )
+
+    async def _end_with_error(
+        self,
+        run_id: str,
+        name: str,
+        message: str,
+        error: str,
+        thread_status: str,
+        usage: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> bool:
+        """`event: error` `{name, message}`, then the run ends `error` with `usage()`; made again
+        while the database is briefly unavailable (`_recorded`), the event stored once. False:
+        the run's lease went to another process first."""
         sent = False
 
         async def record() -> bool:
             nonlocal sent
             if not sent:
-                await self.events.append(run_id, [("error", {"error": name, "message": str(exc)})])
+                await self.events.append(run_id, [("error", {"error": name, "message": message})])
                 sent = True
             return await self.db.finish_run(
-                run_id,
-                "error",
-                {},
-                f"{name}: {exc}",
-                owner=self.owner,
-                thread_status=exc.thread_status,
+                run_id, "error", await usage(), error, owner=self.owner, thread_status=thread_status
             )
 
         return await self._recorded(run_id, record)
