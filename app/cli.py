@@ -842,41 +842,11 @@ def _check_embedded_store(settings: Settings, wait_s: float) -> None:
     held by another process after `wait_s` (what a worker of this server waits: a worker of a
     stopped server may be finishing its runs). Its start-up would fail with a traceback (exit
     code 3), after loading the whole store (qdrant-client takes the folder lock after that)."""
-    import time
+    from app.knowledge import wait_for_embedded_store
+    from tools.knowledge import KnowledgeBaseLockedError
 
-    import portalocker
-
-    lock_file = settings.qdrant_path / ".lock"  # where qdrant-client's local mode locks
-    if settings.qdrant_url or not lock_file.exists():
-        return
-    deadline = time.monotonic() + wait_s
-    told = False
-    while True:
-        with lock_file.open("r+") as handle:
-            try:
-                portalocker.lock(
-                    handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-                )
-            except portalocker.exceptions.LockException:
-                pass
-            else:
-                portalocker.unlock(handle)
-                return
-        if time.monotonic() >= deadline:
-            _fail(
-                f"the knowledge base in {settings.qdrant_path} is open in another process "
-                "(embedded Qdrant allows one process at a time): stop that process (another "
-                "`mkt serve`, `mkt chat`, `mkt kb …`), or run a Qdrant server and set QDRANT_URL "
-                "for all of them"
-            )
-        if not told:
-            err.print(
-                f"the knowledge base is open in another process (a worker of a stopped server "
-                f"finishing its runs?): waiting up to {wait_s:g} s for it",
-                soft_wrap=True,
-            )
-            told = True
-        time.sleep(0.5)
+    if not wait_for_embedded_store(settings, wait_s, lambda m: err.print(m, soft_wrap=True)):
+        _fail(str(KnowledgeBaseLockedError.at(settings.qdrant_path)))
 
 
 @app.command()

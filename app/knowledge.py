@@ -26,6 +26,45 @@ if TYPE_CHECKING:  # qdrant-client takes a second or two to import: only when a 
     from tools.qdrant_kb import QdrantKnowledgeBase
 
 
+def _waiting(wait_s: float) -> str:
+    return (
+        "the knowledge base is open in another process (a worker of a stopped server finishing "
+        f"its runs?): waiting up to {wait_s:g} s for it"
+    )
+
+
+def wait_for_embedded_store(
+    settings: Settings, wait_s: float, say: Callable[[str], None] | None = None
+) -> bool:
+    """Whether the embedded store (no QDRANT_URL) is free, or becomes free within `wait_s`
+    (telling `say` once), probed on qdrant-client's folder lock without opening the store (which
+    loads all of it before it takes the lock)."""
+    import portalocker
+
+    lock_file = settings.qdrant_path / ".lock"  # where qdrant-client's local mode locks
+    if settings.qdrant_url or not lock_file.exists():
+        return True
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        with lock_file.open("r+") as handle:
+            try:
+                portalocker.lock(
+                    handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+                )
+            except portalocker.exceptions.LockException:
+                pass
+            else:
+                portalocker.unlock(handle)
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        if say is not None and not told:
+            say(_waiting(wait_s))
+            told = True
+        time.sleep(0.5)
+
+
 @asynccontextmanager
 async def open_knowledge_base(
     settings: Settings | None = None,
@@ -52,10 +91,7 @@ async def open_knowledge_base(
                 if time.monotonic() >= deadline:
                     raise
                 if say is not None and not told:
-                    say(
-                        "the knowledge base is open in another process (a worker of a stopped "
-                        f"server finishing its runs?): waiting up to {wait_s:g} s for it"
-                    )
+                    say(_waiting(wait_s))
                     told = True
                 await asyncio.sleep(0.5)
     previous = set_knowledge_base(kb)

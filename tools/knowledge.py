@@ -31,6 +31,14 @@ class KnowledgeBaseLockedError(KnowledgeBaseError):
 
     status = 409
 
+    @classmethod
+    def at(cls, path: Any) -> KnowledgeBaseLockedError:
+        return cls(
+            f"the knowledge base in {path} is open in another process (embedded Qdrant allows "
+            "one process at a time): stop that process (e.g. `mkt serve` or another `mkt` "
+            "command), or run a Qdrant server and set QDRANT_URL for all of them"
+        )
+
 
 class EmbeddingMismatchError(KnowledgeBaseError):
     """A collection was built with another embedding model or dimension."""

@@ -190,12 +190,7 @@ def _open_local(path: Path) -> QdrantClient:
                 client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
         except RuntimeError as exc:
             if "already accessed" in str(exc):
-                raise KnowledgeBaseLockedError(
-                    f"the knowledge base in {path} is open in another process (embedded Qdrant "
-                    "allows one process at a time): stop that process (e.g. `mkt serve` or "
-                    "another `mkt` command), or run a Qdrant server and set QDRANT_URL for all of "
-                    "them"
-                ) from exc
+                raise KnowledgeBaseLockedError.at(path) from exc
             raise
         _local_clients[path] = (client, 1)
         return client
